@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import types
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -89,7 +90,7 @@ def code_fingerprint(fn: Callable) -> str:
         if key in seen:
             return
         seen[key] = inspect.getsource(f)
-        for name in f.__code__.co_names:
+        for name in _names(f.__code__):
             obj = f.__globals__.get(name)
             if inspect.isfunction(obj) and obj.__module__ == f.__module__:
                 visit(obj)
@@ -98,6 +99,15 @@ def code_fingerprint(fn: Callable) -> str:
 
     visit(fn)
     return "\n".join(f"{k}\n{v}" for k, v in sorted(seen.items()))
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Global names a code object uses, including inside its comprehensions, lambdas and closures."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _names(const)
+    return names
 
 
 _REGISTRY: dict[str, Motion] = {}

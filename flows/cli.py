@@ -1,0 +1,244 @@
+"""The `t2v` command: one entry point, one subcommand per stage.
+
+Each subcommand is an `add_<name>(subparsers)` function that declares its arguments and sets
+`handler`; adding a stage is one more function in COMMANDS. Handlers import Prefect and the flows
+lazily, so `t2v vocab` and every `--help` stay fast. Bad input exits with status 2 and one line
+on stderr, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+EXIT_USAGE = 2  # bad input (argparse uses 2 as well)
+EXIT_FAILED = 1  # the work itself failed
+
+
+class UsageError(ValueError):
+    """Bad input found before any work: reported as one line, exit status 2."""
+
+
+def add_vocab(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vocab", help="print the prompt vocabulary and held-out combinations",
+                       description="Print the colours, shapes, motions and held-out prompts the model understands.")
+    p.add_argument("--json", action="store_true",
+                   help='print {"colors", "shapes", "motions", "held_out"} as JSON')
+    p.set_defaults(handler=run_vocab)
+
+
+def run_vocab(args: argparse.Namespace) -> int:
+    from t2v import vocab
+
+    data = {"colors": list(vocab.COLORS), "shapes": list(vocab.SHAPES), "motions": vocab.motion_names(),
+            "held_out": vocab.held_out_prompts()}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for name in ("colors", "shapes", "motions"):
+        print(f"{name}: {', '.join(data[name])}")
+    print(f"held out ({len(data['held_out'])} prompts, evaluation only):")
+    for prompt in data["held_out"]:
+        print(f"  {prompt}")
+    return 0
+
+
+def add_preview(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preview", help="render a ground-truth clip for a prompt to GIF, MP4 or PNG",
+                       description="Render the clip the data stage would render for PROMPT, so a person can look "
+                                   "at it. The format follows the extension of -o: .gif, .mp4 or .png (frames "
+                                   "side by side). Without a colour in the prompt, the seed picks one.")
+    p.add_argument("prompt", help='e.g. "red circle moving up-right"')
+    p.add_argument("-o", "--output", required=True, type=Path, help="output file (.gif, .mp4 or .png)")
+    p.add_argument("--seed", type=int, default=0, help="random layout seed (default 0)")
+    p.add_argument("--frames", type=int, default=16, help="frames T (default 16)")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels, multiple of 8, >= 32 (default 64)")
+    p.add_argument("--fps", type=int, default=8, help="playback rate of GIF/MP4 (default 8)")
+    p.set_defaults(handler=run_preview)
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from t2v import dataset, media, vocab
+    from t2v.render import ClipSpec, render
+    from t2v.shards import DataParams, validate_params
+
+    try:
+        prompt = vocab.parse_prompt(args.prompt)
+        validate_params(DataParams(frames=args.frames, size=args.size, seed=args.seed))
+        media.check_media_path(args.output)
+        if args.fps < 1:
+            raise ValueError(f"fps must be a positive integer, got {args.fps}")
+        dataset.check_output_dir(args.output.parent, hint="choose another -o path")
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    colors = list(vocab.COLORS)
+    color = prompt.color or colors[int(np.random.default_rng(args.seed).integers(len(colors)))]
+    key = f"preview-{color}-{prompt.shape}-{vocab.slug(prompt.motion)}"
+    clip, _ = render(ClipSpec(key, color, prompt.shape, prompt.motion, args.seed, args.frames, args.size))
+    path = media.save_clip(args.output, clip, fps=args.fps, label=vocab.canonical_prompt(color, prompt.shape,
+                                                                                         prompt.motion))
+    held = " (a held-out combination: never in train/val)" if vocab.is_held_out(color, prompt.shape,
+                                                                               prompt.motion) else ""
+    print(f"wrote {path}: {vocab.canonical_prompt(color, prompt.shape, prompt.motion)}, "
+          f"{args.frames} frames of {args.size}x{args.size}, seed {args.seed}{held}")
+    return 0
+
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    from t2v.shards import DataParams
+
+    d = DataParams()
+    p = sub.add_parser("data", help="render the dataset into verified WebDataset shards (Prefect flow data-stage)",
+                       description="Run the data-stage flow: render clips in parallel into shards under --out, "
+                                   "verify them and publish manifest.parquet. Cached per shard: a rerun renders "
+                                   "only what changed; adding --motions to an existing dataset grows it. Uses "
+                                   "PREFECT_API_URL when set, otherwise a temporary local Prefect server.")
+    p.add_argument("--out", default="data", help="dataset directory (default: data)")
+    p.add_argument("--clips-per-combo", type=int, required=True,
+                   help="train clips per seen (colour, shape, motion) combination")
+    p.add_argument("--val-per-combo", type=int, default=d.val_per_combo,
+                   help=f"val clips per seen combination and clips per held-out one (default {d.val_per_combo})")
+    p.add_argument("--motions", nargs="+", metavar="MOTION", help='motion phrases (default: all), e.g. "moving up"')
+    p.add_argument("--shapes", nargs="+", metavar="SHAPE", help="shapes (default: all)")
+    p.add_argument("--colors", nargs="+", metavar="COLOR", help="colours (default: all)")
+    p.add_argument("--frames", type=int, default=d.frames, help=f"frames per clip (default {d.frames})")
+    p.add_argument("--size", type=int, default=d.size, help=f"frame side, multiple of 8, >= 32 (default {d.size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"dataset seed (default {d.seed})")
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help=f"clips per shard (default {d.shard_size})")
+    p.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild an existing dataset at --out even if it was made with different parameters")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_data)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from t2v import dataset, vocab
+    from t2v.shards import DataParams
+
+    d = DataParams()
+    params = DataParams(
+        colors=tuple(args.colors) if args.colors else d.colors,
+        shapes=tuple(args.shapes) if args.shapes else d.shapes,
+        motions=tuple(args.motions or ()), clips_per_combo=args.clips_per_combo, val_per_combo=args.val_per_combo,
+        frames=args.frames, size=args.size, seed=args.seed, shard_size=args.shard_size,
+    )
+    try:  # the flow validates again; doing it here first keeps bad input fast and free of Prefect
+        if args.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {args.workers}")
+        dataset.validate_request(params, args.out, force=args.force)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+    from flows.data import data_stage
+
+    summary = data_stage(
+        out=args.out, motions=args.motions, shapes=args.shapes, colors=args.colors,
+        clips_per_combo=args.clips_per_combo, val_per_combo=args.val_per_combo, frames=args.frames,
+        size=args.size, seed=args.seed, shard_size=args.shard_size, workers=args.workers, force=args.force,
+        progress=not args.no_progress,
+    )
+    print(f"dataset: {summary['root']}")
+    print(f"manifest: {summary['manifest']}  (checksum {summary['checksum'][:16]})")
+    print(f"clips: {summary['clips']} in {len(summary['rendered']) + len(summary['cached'])} shards: "
+          f"{len(summary['rendered'])} rendered, {len(summary['cached'])} cached")
+    if summary["kept_motions"]:
+        print(f"kept motions already in the dataset: {', '.join(summary['kept_motions'])}")
+    width = max(len(m) for m in summary["counts"])
+    print(f"{'motion':<{width}}  {'train':>6} {'val':>6} {'heldout':>7}")
+    for motion in vocab.motion_names():
+        if motion in summary["counts"]:
+            c = summary["counts"][motion]
+            print(f"{motion:<{width}}  {c['train']:>6} {c['val']:>6} {c['heldout']:>7}")
+    return 0
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a dataset, log it to MLflow and register it (flow train-stage)",
+                       description="Run the train-stage flow on the dataset at --data: train (or resume) into --out, "
+                                   "log the run to MLflow (MLFLOW_TRACKING_URI, else data/mlflow.db in the checkout) "
+                                   "and register the EMA generator as a new version of t2v-generator. Cached: a "
+                                   "rerun with the same dataset, config and code is instant. Uses PREFECT_API_URL "
+                                   "when set, otherwise a temporary local Prefect server.")
+    p.add_argument("--data", required=True, help="dataset directory holding manifest.parquet (from `t2v data`)")
+    p.add_argument("--model", default="video", help="video (default) or baseline")
+    p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default) or gpu")
+    p.add_argument("--max-steps", type=int, help="training steps (default: the profile's)")
+    p.add_argument("--out", help="run directory (default: DATA/runs/MODEL-PROFILE); holds checkpoints, resumed from")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any training config field, e.g. --set batch_size=64 --set lr_g=5e-4 (repeatable)")
+    p.add_argument("--experiment", default="t2v", help="MLflow experiment (default t2v)")
+    p.add_argument("--force", action="store_true", help="run the training task even on a cache hit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_train)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`key=value` strings to a dict; the flow converts values to each field's type."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tasks.train import prepare
+
+    overrides = parse_overrides(args.overrides)
+    try:  # the flow validates again; doing it here first keeps bad input fast and free of Prefect
+        prepare(args.data, args.model, args.profile, args.max_steps, args.out, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+
+    from flows.train import train_stage
+
+    r = train_stage(data=args.data, model=args.model, profile=args.profile, max_steps=args.max_steps,
+                    out=args.out, overrides=overrides, force=args.force, experiment=args.experiment,
+                    progress=not args.no_progress)
+    resumed = f", resumed from step {r['resumed_from']}" if r["resumed_from"] is not None else ""
+    print(f"trained {r['model']} ({r['profile']}): step {r['step']}{resumed}{' (cached)' if r['cached'] else ''}")
+    print(f"checkpoint: {r['checkpoint']}")
+    print(f"MLflow run: {r['run_id']}  ({r['run_link']})")
+    print(f"registered: {r['registered_model']} version {r['model_version']}")
+    print(f"model URI: {r['model_uri']}")
+    return 0
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_vocab, add_preview, add_data, add_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2v", description="Text-to-video pipeline on synthetic clips: "
+                                     "data -> training -> evaluation -> registry.")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback when a command fails")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point `t2v`: returns the exit status (0 ok, 1 failed run, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as e:
+        print(f"t2v {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # a failed run: one line here, the details are in the Prefect logs above
+        if args.traceback:
+            raise
+        print(f"t2v {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The dataset as a whole: request validation, merging with an existing dataset, and the manifest.
+
+A dataset root holds `shards/`, `manifest.parquet` (one row per sample), `shards.parquet` (one row
+per shard with its sha256) and `dataset.json` (the parameters and motion spec hashes it was built
+with). The manifest files are published only after every shard verifies, each written to a
+temporary name and renamed into place. A run on an existing root with the same non-motion
+parameters keeps the motions already there, so adding a motion grows the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from t2v import shards as sh
+from t2v import vocab
+from t2v.render import renderer_version
+from t2v.shards import DataParams, ShardInfo, ShardSpec
+
+MANIFEST = "manifest.parquet"
+SHARDS_TABLE = "shards.parquet"
+DATASET_JSON = "dataset.json"
+FORMAT = 1  # bump when the layout of the files above changes
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("split", pa.string()),
+    ("prompt", pa.string()),
+    ("color", pa.string()),
+    ("shape", pa.string()),
+    ("motion", pa.string()),
+    ("seed", pa.int64()),
+    ("frames", pa.int32()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("index", pa.int32()),  # position of the sample within its shard
+])
+SHARDS_SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("motion", pa.string()),
+    ("split", pa.string()),
+    ("sha256", pa.string()),
+    ("count", pa.int64()),
+    ("bytes", pa.int64()),
+])
+NON_MOTION_PARAMS = ("colors", "shapes", "clips_per_combo", "val_per_combo", "frames", "size", "seed", "shard_size")
+
+
+class DatasetMismatchError(ValueError):
+    """The output dir holds a dataset built with different parameters."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated data-stage run: where it goes and the full (merged) parameters it builds."""
+
+    root: Path  # absolute
+    params: DataParams  # motions resolved: the union with the existing dataset's motions unless forced
+    requested: tuple[str, ...]  # the motions this run was asked for
+    kept: tuple[str, ...]  # motions carried over from the existing dataset
+
+
+def format_version() -> str:
+    """Hash of the shard module's code and the palette: with the renderer and motion hashes it keys shard
+    caches. The whole module, not a function walk, so helpers called from comprehensions count too."""
+    body = inspect.getsource(sh) + repr((vocab.COLORS, vocab.BACKGROUND))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def check_output_dir(out: str | os.PathLike[str], hint: str = "choose another --out") -> Path:
+    """Fail, naming the path, unless `out` is a directory or can be created as one by this user."""
+    path = Path(out).expanduser().absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"output dir {str(path)!r} exists and is not a directory; {hint}")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"output dir {str(path)!r} is not writable; {hint}")
+        return path
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"output dir {str(path)!r} cannot be created: {str(parent)!r} is a file, not a directory; "
+                         f"{hint}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output dir {str(path)!r} cannot be created: {str(parent)!r} is not writable; "
+                         f"{hint}")
+    return path
+
+
+def canonical_params(p: DataParams) -> DataParams:
+    """Validated params with colours, shapes and motions in vocabulary order and without repeats,
+    so the same choices in any order name the same dataset."""
+    sh.validate_params(p)
+    colors = tuple(c for c in vocab.COLORS if c in p.colors)
+    shapes = tuple(s for s in vocab.SHAPES if s in p.shapes)
+    motions = tuple(m for m in vocab.motion_names() if m in p.motions)
+    reg = vocab.motions()
+    for m in motions:  # with every motion (none named), ones invisible on the chosen shapes are skipped
+        if not set(reg[m].shapes) & set(shapes):
+            raise ValueError(f"motion {m!r} is only visible on {', '.join(reg[m].shapes)}, "
+                             f"none of the chosen shapes ({', '.join(shapes)})")
+    return replace(p, colors=colors, shapes=shapes, motions=motions)
+
+
+def non_motion_params(p: DataParams) -> dict[str, object]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(p).items() if k in NON_MOTION_PARAMS}
+
+
+def read_dataset_json(root: str | os.PathLike[str]) -> dict | None:
+    path = Path(root) / DATASET_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def previous_motions(root: Path) -> list[str]:
+    """Motions listed by the published manifest at `root` (empty when there is none)."""
+    path = root / SHARDS_TABLE
+    if not path.is_file():
+        return []
+    return list(dict.fromkeys(pq.read_table(path, columns=["motion"]).column("motion").to_pylist()))
+
+
+def validate_request(params: DataParams, out: str | os.PathLike[str], force: bool = False) -> Request:
+    """Every check of a data-stage run, before any directory is created or any clip rendered.
+
+    Same non-motion parameters as the dataset already at `out`: its motions are kept (union).
+    Different ones: an error naming them, unless `force`, which rebuilds with the new parameters
+    (and drops kept motions that are no longer registered).
+    """
+    p = canonical_params(params)
+    root = check_output_dir(out)
+    reg = vocab.motions()
+    requested = tuple(m for m in p.resolved_motions() if set(reg[m].shapes) & set(p.shapes))
+    existing = read_dataset_json(root)
+    kept: tuple[str, ...] = ()
+    if existing is not None:
+        old = existing.get("params", {})
+        new = non_motion_params(p)
+        diff = [k for k in NON_MOTION_PARAMS if old.get(k) != new[k]]
+        if diff and not force:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
+            raise DatasetMismatchError(
+                f"output dir {str(root)!r} holds a dataset built with different parameters ({detail}); "
+                f"use a new --out, or --force to rebuild it with the new parameters")
+        if not diff:
+            prev = previous_motions(root)
+            missing = [m for m in prev if m not in reg]
+            if missing and not force:
+                raise DatasetMismatchError(
+                    f"dataset at {str(root)!r} contains motion(s) {missing} that are not registered now "
+                    f"(plugins are named by ${vocab.PLUGIN_ENV}); register them, use a new --out, or --force")
+            kept = tuple(m for m in prev if m not in requested and m in reg)
+    union = set(requested) | set(kept)
+    merged = replace(p, motions=tuple(m for m in reg if m in union))
+    return Request(root, merged, requested, tuple(m for m in merged.motions if m in kept))
+
+
+def manifest_table(specs: Iterable[ShardSpec]) -> pa.Table:
+    """One row per sample, in shard order then position within the shard."""
+    rows: dict[str, list] = {f.name: [] for f in MANIFEST_SCHEMA}
+    for s in specs:
+        for i, c in enumerate(s.clips):
+            for name, value in (("key", c.key), ("shard", s.path), ("split", s.split), ("prompt", c.prompt),
+                                ("color", c.color), ("shape", c.shape), ("motion", c.motion), ("seed", c.seed),
+                                ("frames", c.frames), ("height", c.size), ("width", c.size), ("index", i)):
+                rows[name].append(value)
+    return pa.table(rows, schema=MANIFEST_SCHEMA)
+
+
+def shards_table(infos: Iterable[ShardInfo]) -> pa.Table:
+    infos = sorted(infos, key=lambda i: i.path)
+    return pa.table({f.name: [getattr(i, f.name) for i in infos] for f in SHARDS_SCHEMA}, schema=SHARDS_SCHEMA)
+
+
+def _checksum(infos: Iterable[ShardInfo]) -> str:
+    body = "\n".join(f"{i.path}\t{i.motion}\t{i.split}\t{i.sha256}\t{i.count}\t{i.bytes}"
+                     for i in sorted(infos, key=lambda i: i.path))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def publish(root: str | os.PathLike[str], params: DataParams, specs: list[ShardSpec],
+            infos: list[ShardInfo]) -> Path:
+    """Write dataset.json, shards.parquet and manifest.parquet (in that order, each atomically) for
+    shards that have already been verified; returns the manifest path.
+
+    manifest.parquet goes last: its presence means the rest is complete. Shard files under
+    `shards/` that this manifest does not list (left by a forced rebuild) and stale temporary
+    files are removed afterwards.
+    """
+    root = Path(root)
+    by_path = {i.path: i for i in infos}
+    if sorted(by_path) != sorted(s.path for s in specs):
+        raise ValueError("shard infos do not match the planned shards: "
+                         f"{sorted(set(by_path) ^ {s.path for s in specs})}")
+    for s in specs:
+        if by_path[s.path].count != len(s.clips):
+            raise ValueError(f"{s.path}: {by_path[s.path].count} samples, planned {len(s.clips)}")
+    reg = vocab.motions()
+    meta = {
+        "format": FORMAT,
+        "params": non_motion_params(params),
+        "motions": {m: reg[m].spec_hash for m in params.resolved_motions()},
+        "renderer_version": renderer_version(),
+        "format_version": format_version(),
+        "manifest_checksum": _checksum(infos),
+        "counts": count_summary(manifest_table(specs).to_pandas()),
+    }
+    sh.atomic_write_bytes(root / DATASET_JSON, (json.dumps(meta, indent=2) + "\n").encode())
+    sh.atomic_write_bytes(root / SHARDS_TABLE, _parquet_bytes(shards_table(infos)))
+    sh.atomic_write_bytes(root / MANIFEST, _parquet_bytes(manifest_table(specs)))
+    prune_unlisted(root, by_path)
+    return root / MANIFEST
+
+
+def prune_unlisted(root: Path, listed: Iterable[str]) -> list[str]:
+    """Remove shard files under `root/shards` that the manifest does not list, and temporary files a
+    killed writer left behind (every writer of this run has finished); returns their paths."""
+    listed = set(listed)
+    removed = []
+    for path in sorted((root / "shards").glob("*/*")):
+        rel = path.relative_to(root).as_posix()
+        stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
+        if path.is_file() and (stale_tmp or (path.name.endswith(sh.SHARD_SUFFIX) and rel not in listed)):
+            path.unlink()
+            removed.append(rel)
+    return removed
+
+
+def load_manifest(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """The published per-sample manifest; raises FileNotFoundError naming the root when there is none."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} under {str(root)!r}: run `t2v data --out {root}` first")
+    return pq.read_table(path).to_pandas()
+
+
+def load_shards(root: str | os.PathLike[str]) -> list[ShardInfo]:
+    """The published per-shard table, as ShardInfos sorted by path."""
+    path = Path(root) / SHARDS_TABLE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {SHARDS_TABLE} under {str(root)!r}: run `t2v data --out {root}` first")
+    return [ShardInfo(**r) for r in pq.read_table(path).to_pylist()]
+
+
+def shard_urls(root: str | os.PathLike[str], split: str) -> list[str]:
+    """Absolute paths of one split's shards, for `webdataset.WebDataset`."""
+    return [str(Path(root) / i.path) for i in load_shards(root) if i.split == split]
+
+
+def count_summary(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Clips per motion and split: {motion: {"train": n, "val": n, "heldout": n}}."""
+    out: dict[str, dict[str, int]] = {}
+    for (motion, split), n in manifest.groupby(["motion", "split"], sort=False).size().items():
+        out.setdefault(motion, {s: 0 for s in sh.SPLITS})[split] = int(n)
+    return out
+
+
+def manifest_checksum(root: str | os.PathLike[str]) -> str:
+    """sha256 over the published shards table sorted by path: changes iff any shard's content changes."""
+    return _checksum(load_shards(root))
