@@ -1,0 +1,48 @@
+"""The `train-stage` flow: validate, then one cached training task on an existing dataset dir."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks import tracking
+from tasks.train import cached_result_usable, prepare, train_inputs, train_task
+
+
+@flow(name="train-stage", log_prints=True)
+def train_stage(
+    data: str = "data",
+    model: str = "video",
+    profile: str = "cpu-demo",
+    max_steps: int | None = None,
+    out: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train `model` with `profile` (plus `max_steps` and `overrides`, any TrainConfig field) on the
+    dataset at `data`, into `out` (default `<data>/runs/<model>-<profile>`).
+
+    Cached on (manifest checksum, config, model code, out dir, MLflow store): a rerun with nothing
+    changed is a cache hit; `force` trains again (resuming whatever checkpoint `out` holds). Returns
+    the task's summary (run id, registered version, model URI, checkpoint, step, metrics) plus
+    `cached`.
+    """
+    req = prepare(data, model, profile, max_steps, out, overrides)
+    inputs = train_inputs(req, experiment, progress=progress)
+    state = train_task(req.out_dir, refresh=force)(**inputs, return_state=True)
+    result = state.result()
+    cached = state.name == "Cached"
+    if cached and not cached_result_usable(result):  # its checkpoint or registered version was removed
+        print("cached training result is stale (checkpoint or registered version gone): training again")
+        result = train_task(req.out_dir, refresh=True)(**inputs)
+        cached = False
+    print(f"train-stage: {result['model']} ({result['profile']}) step {result['step']}, MLflow run "
+          f"{result['run_id']}, {result['model_uri']}{' (cached)' if cached else ''}")
+    return {**result, "cached": cached}
+
+
+if __name__ == "__main__":
+    train_stage()

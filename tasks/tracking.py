@@ -1,0 +1,187 @@
+"""MLflow plumbing shared by the stages: where the store is, which experiment, which run.
+
+The store is `MLFLOW_TRACKING_URI` when set, else a SQLite file under the checkout's `data/`, so a
+laptop run needs no server and never drops an `mlflow.db` into whatever directory it was started
+from. Artifacts of a SQLite store live beside it (`mlartifacts/`); a tracking server decides its own.
+A training writes `mlflow_run.json` into its output dir so that a retry or a resume of the same
+training continues the same MLflow run instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import quote, urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from t2v.shards import atomic_write_bytes
+
+DEFAULT_EXPERIMENT = "t2v"
+RUN_RECORD = "mlflow_run.json"
+CHECKPOINT_TAG = "checkpoint.step"  # set on a run each time its training writes a checkpoint
+
+
+def repo_root() -> Path:
+    """The directory holding the `tasks` package: the checkout when run from source."""
+    return Path(__file__).resolve().parent.parent
+
+
+def default_tracking_uri() -> str:
+    """SQLite store under `<repo>/data/`, absolute so the working directory never matters."""
+    return f"sqlite:///{repo_root() / 'data' / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the checkout's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def registry_uri(tracking: str) -> str:
+    """`MLFLOW_REGISTRY_URI` when set, else the tracking store (one place to browse)."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` URI, None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifact root for a new experiment: beside a SQLite store, else the server's choice.
+
+    MLflow's own default for SQLite is `./mlruns` relative to the working directory, which scatters
+    models across wherever a command happened to run.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.parent / "mlartifacts").resolve().as_uri()
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A resolved store and experiment; everything else is derived from it."""
+
+    tracking_uri: str
+    registry_uri: str
+    experiment_id: str
+    experiment_name: str
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+
+
+def configure(experiment: str = DEFAULT_EXPERIMENT, uri: str | None = None) -> Tracking:
+    """Point MLflow's fluent API at the store (`uri`, default `tracking_uri()`) and make sure the
+    experiment exists.
+
+    The fluent API (start_run, log_model) is process-global, which is why this lives in tasks/ and is
+    called at the start of every task that logs, never at import.
+    """
+    uri = uri or tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    reg = registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # also exported as MLFLOW_TRACKING_URI to child processes
+    # The registry is left unpinned: MLflow then follows the tracking URI (or MLFLOW_REGISTRY_URI), and a
+    # later configure() with another store cannot be shadowed by a registry pinned here before.
+    client = MlflowClient(tracking_uri=uri, registry_uri=reg)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        exp_id = client.create_experiment(experiment, artifact_location=artifact_location(uri))
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return Tracking(uri, reg, exp_id, experiment)
+
+
+def run_link(t: Tracking, run_id: str) -> str:
+    """A URL to the run in the MLflow UI: the server's own page, or the `mlflow ui` default port."""
+    parsed = urlparse(t.tracking_uri)
+    base = t.tracking_uri.rstrip("/") if parsed.scheme in ("http", "https") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{t.experiment_id}/runs/{run_id}"
+
+
+def ui_command(t: Tracking) -> str:
+    """How to open the UI on this store (nothing to start when it is already a server)."""
+    if urlparse(t.tracking_uri).scheme in ("http", "https"):
+        return f"open {t.tracking_uri}"
+    return f"mlflow ui --backend-store-uri {quote(t.tracking_uri, safe=':/')}"
+
+
+def system_metrics_available() -> bool:
+    """MLflow's system-metrics monitor needs psutil; without it start_run(log_system_metrics=True) raises."""
+    return importlib.util.find_spec("psutil") is not None
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Config as MLflow params: nested dicts dotted, sequences as JSON, everything a string."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_params(v, f"{key}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(list(v))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def log_params_once(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> dict[str, str]:
+    """Log params not yet on the run; a changed value (a resume with more steps) becomes a tag.
+
+    MLflow params are immutable, so a resumed run keeps the value it started with and records the
+    new one as `resumed.<param>`. Returns the params that changed.
+    """
+    logged = client.get_run(run_id).data.params
+    new = {k: v for k, v in params.items() if k not in logged}
+    changed = {k: v for k, v in params.items() if k in logged and logged[k] != v}
+    if new:
+        items = list(new.items())
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+            mlflow.log_params(dict(items[i:i + 100]), run_id=run_id)
+    for k, v in changed.items():
+        client.set_tag(run_id, f"resumed.{k}", v)
+    return changed
+
+
+def read_run_record(out_dir: Path) -> dict[str, str] | None:
+    """The MLflow run a previous attempt of this training wrote, if any."""
+    path = Path(out_dir) / RUN_RECORD
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_run_record(out_dir: Path, record: Mapping[str, str]) -> None:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(out_dir) / RUN_RECORD, json.dumps(dict(record), indent=2, sort_keys=True).encode())
+
+
+def resumable_run_id(t: Tracking, out_dir: Path, training_key: str, has_checkpoint: bool) -> str | None:
+    """The run to continue: recorded in `out_dir` for the same training, store and experiment, still
+    alive, and in step with the checkpoint (a run that logged a checkpoint which is gone now would
+    restart from step 0: that is a new training and gets a new run)."""
+    rec = read_run_record(out_dir)
+    if not rec or rec.get("training_key") != training_key or rec.get("tracking_uri") != t.tracking_uri:
+        return None
+    try:
+        run = t.client().get_run(rec["run_id"])
+    except MlflowException:
+        return None  # the store was wiped or replaced: start a new run
+    if run.info.lifecycle_stage != "active" or run.info.experiment_id != t.experiment_id:
+        return None
+    if not has_checkpoint and CHECKPOINT_TAG in run.data.tags:
+        return None
+    return run.info.run_id

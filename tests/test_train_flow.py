@@ -1,0 +1,260 @@
+"""The train-stage flow on a real Prefect server and a real MLflow store: a few CPU steps of each
+model write a checkpoint, an MLflow run and a registered version; an identical rerun is a cache hit;
+a longer rerun resumes the checkpoint and the MLflow run; bad input fails before any work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from t2v import dataset
+from t2v.shards import DataParams, plan, write_shard
+from t2v.train import config_for
+from tasks import tracking
+from tasks.train import model_code_version, prepare
+
+# 2 motions x 2 colours x 2 shapes, 8 frames of 32x32: a dataset in about a second.
+TINY_DATA = DataParams(motions=("moving up", "bouncing vertically"), colors=("red", "blue"),
+                       shapes=("circle", "square"), clips_per_combo=2, val_per_combo=1, frames=8, size=32,
+                       shard_size=8)
+# A few seconds of CPU per step at most: small batch and discriminator, everything logged every step.
+TINY_TRAIN: dict[str, Any] = dict(batch_size=4, width=8, log_every=1, sample_every=2, ckpt_every=2, num_workers=0,
+                                  shuffle_buffer=8)
+REGISTERED = "t2v-generator"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train-data") / "data"
+    specs = plan(TINY_DATA)
+    dataset.publish(root, TINY_DATA, specs, [write_shard(root, s) for s in specs])
+    return root
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real SQLite MLflow store in a temp dir, selected the way users do (MLFLOW_TRACKING_URI)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    mlflow.set_tracking_uri(old)  # configure() pinned the process-wide URI; None unpins it and unsets the env var
+
+
+def run_flow(data: Path, **kw: Any) -> tuple[Any, dict[str, Any]]:
+    from flows.train import train_stage
+
+    kw.setdefault("overrides", TINY_TRAIN)
+    state = train_stage(data=str(data), return_state=True, **kw)
+    return state, state.result()
+
+
+def task_states(flow_state: Any) -> list[str]:
+    """Names of the final states of the flow run's task runs, read back from the Prefect API."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+    return [r.state.name for r in runs]
+
+
+def artifacts_of(flow_state: Any) -> list[Any]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_state.state_details.flow_run_id])))
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_api: str, mlflow_store: str, data_dir: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Two steps of each model through the flow, once for the module."""
+    return {model: run_flow(data_dir, model=model, max_steps=2) for model in ("video", "baseline")}
+
+
+@pytest.mark.parametrize("model", ["video", "baseline"])
+def test_training_writes_checkpoint_mlflow_run_and_registered_version(
+        trained: dict[str, tuple[Any, dict[str, Any]]], data_dir: Path, mlflow_store: str, model: str) -> None:
+    state, r = trained[model]
+    assert task_states(state) == ["Completed"]
+    assert r["step"] == 2 and r["resumed_from"] is None and r["cached"] is False
+    assert Path(r["checkpoint"]) == data_dir / "runs" / f"{model}-cpu-demo" / "checkpoints" / "last.pt"
+    assert checkpoint_step(r["checkpoint"]) == 2
+
+    client = MlflowClient(mlflow_store)
+    run = client.get_run(r["run_id"])
+    assert run.info.status == "FINISHED"
+    cfg = config_for("cpu-demo", model=model, max_steps=2, **TINY_TRAIN).to_dict()
+    assert {k: run.data.params[k] for k in cfg} == tracking.flatten_params(cfg)
+    assert run.data.params["data.frames"] == "8" and run.data.params["data.size"] == "32"
+    for key in ("loss_d", "loss_g", "clips_per_s"):
+        assert [m.step for m in client.get_metric_history(r["run_id"], key)] == [1, 2], key
+    assert client.get_metric_history(r["run_id"], "clips_per_s")[-1].value > 0
+    tags = run.data.tags
+    assert tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert tags["model"] == model and tags["profile"] == "cpu-demo"
+    assert tags["dataset.manifest_checksum"] == dataset.manifest_checksum(data_dir) == r["manifest_checksum"]
+    assert tags["code_version"] == model_code_version()
+    images = [a.path for a in client.list_artifacts(r["run_id"], "images")]
+    assert any("samples+step+2+" in p and p.endswith(".png") for p in images), images
+
+    version = client.get_model_version(REGISTERED, r["model_version"])
+    assert version.run_id == r["run_id"] and version.tags["step"] == "2" and version.tags["model"] == model
+    assert str(client.get_model_version_by_alias(REGISTERED, f"{model}-latest").version) == r["model_version"]
+    assert r["model_uri"] == f"models:/{REGISTERED}/{r['model_version']}"
+    assert mlflow.models.get_model_info(r["model_uri"]).signature.params.to_dict()[0]["default"] == 0
+
+    arts = {a.type: a for a in artifacts_of(state)}
+    assert arts["progress"].data == 100.0
+    assert r["run_id"] in arts["markdown"].data and r["model_uri"] in arts["markdown"].data
+
+
+@pytest.mark.parametrize("model", ["video", "baseline"])
+def test_identical_rerun_is_a_cache_hit(trained: dict[str, tuple[Any, dict[str, Any]]], data_dir: Path,
+                                        mlflow_store: str, model: str) -> None:
+    first = trained[model][1]
+    n_versions = len(MlflowClient(mlflow_store).search_model_versions(f"name='{REGISTERED}'"))
+    state, r = run_flow(data_dir, model=model, max_steps=2)
+    assert task_states(state) == ["Cached"]
+    assert r["cached"] is True
+    assert {k: r[k] for k in ("run_id", "model_version", "checkpoint", "step")} == \
+        {k: first[k] for k in ("run_id", "model_version", "checkpoint", "step")}
+    assert len(MlflowClient(mlflow_store).search_model_versions(f"name='{REGISTERED}'")) == n_versions
+
+
+def test_force_runs_again_without_registering_a_duplicate(trained: dict[str, tuple[Any, dict[str, Any]]],
+                                                          data_dir: Path, mlflow_store: str) -> None:
+    first = trained["video"][1]
+    state, r = run_flow(data_dir, model="video", max_steps=2, force=True)
+    assert task_states(state) == ["Completed"]
+    # the checkpoint is already at max_steps: nothing to train, same run, same registered version
+    assert (r["run_id"], r["model_version"], r["step"], r["resumed_from"]) == \
+        (first["run_id"], first["model_version"], 2, 2)
+
+
+def test_longer_run_resumes_checkpoint_and_mlflow_run(prefect_api: str, mlflow_store: str, data_dir: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "resume"
+    _, first = run_flow(data_dir, model="video", max_steps=2, out=str(out))
+    state, second = run_flow(data_dir, model="video", max_steps=4, out=str(out))
+    assert task_states(state) == ["Completed"]  # max_steps is in the cache key...
+    assert second["resumed_from"] == 2 and second["step"] == 4  # ...but not in what a checkpoint must match
+    assert checkpoint_step(out / "checkpoints" / "last.pt") == 4
+    assert second["run_id"] == first["run_id"]
+
+    client = MlflowClient(mlflow_store)
+    assert [m.step for m in client.get_metric_history(first["run_id"], "loss_d")] == [1, 2, 3, 4]
+    run = client.get_run(first["run_id"])
+    assert run.data.params["max_steps"] == "2" and run.data.tags["resumed.max_steps"] == "4"
+    assert run.data.tags["resumed_from_step"] == "2"
+    steps = sorted(v.tags["step"] for v in client.search_model_versions(f"name='{REGISTERED}' and "
+                                                                         f"run_id='{first['run_id']}'"))
+    assert steps == ["2", "4"]  # one registered version per finished training length
+    assert second["model_version"] != first["model_version"]
+
+
+def test_bad_input_fails_before_any_work(prefect_api: str, mlflow_store: str, data_dir: Path,
+                                         tmp_path: Path) -> None:
+    from flows.train import train_stage
+
+    with pytest.raises(FileNotFoundError, match=r"manifest\.parquet.*t2v data"):
+        prepare(tmp_path / "nothing-here")
+    with pytest.raises(ValueError, match="valid models: video, baseline"):
+        prepare(data_dir, model="gan")
+    with pytest.raises(ValueError, match="valid profiles: cpu-demo, gpu"):
+        prepare(data_dir, profile="laptop")
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) learning_rate; valid fields: .*lr_g"):
+        prepare(data_dir, overrides={"learning_rate": 1})
+    with pytest.raises(ValueError, match="own parameter"):
+        prepare(data_dir, overrides={"model": "baseline"})
+
+    n_runs = len(MlflowClient(mlflow_store).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_store).search_experiments()]))
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="valid models"):
+        train_stage(data=str(data_dir), model="gan", out=str(out))
+    assert not out.exists()
+    n_after = len(MlflowClient(mlflow_store).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_store).search_experiments()]))
+    assert n_after == n_runs
+
+
+def test_checkpoint_of_another_config_is_refused_before_work(trained: dict[str, tuple[Any, dict[str, Any]]],
+                                                             data_dir: Path) -> None:
+    out = Path(trained["video"][1]["checkpoint"]).parents[1]
+    with pytest.raises(ValueError, match="different config.*lr_g"):
+        prepare(data_dir, max_steps=2, out=out, overrides={**TINY_TRAIN, "lr_g": 0.5})
+    assert checkpoint_step(out / "checkpoints" / "last.pt") == 2
+
+
+def test_cli_prints_run_version_and_uri(trained: dict[str, tuple[Any, dict[str, Any]]], data_dir: Path,
+                                        prefect_api: str, mlflow_store: str, t2v_cli: Any) -> None:
+    r = trained["baseline"][1]
+    sets = [a for k, v in TINY_TRAIN.items() for a in ("--set", f"{k}={v}")]
+    proc = t2v_cli("train", "--data", str(data_dir), "--model", "baseline", "--max-steps", "2", *sets,
+                   "--no-progress", env={"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_store})
+    assert proc.returncode == 0, proc.stderr
+    assert "(cached)" in proc.stdout  # same dataset, config, code, out dir and store as the fixture's run
+    assert f"MLflow run: {r['run_id']}" in proc.stdout
+    assert f"registered: {REGISTERED} version {r['model_version']}" in proc.stdout
+    assert f"model URI: {r['model_uri']}" in proc.stdout
+
+    bad = t2v_cli("train", "--data", str(data_dir), "--set", "nope=1")
+    assert bad.returncode == 2 and "unknown config field(s) nope" in bad.stderr
+
+
+def test_failed_attempt_is_retried_from_its_checkpoint_in_the_same_run(
+        prefect_api: str, mlflow_store: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash in step 3 (after the step-2 checkpoint): Prefect's retry resumes at step 2, same MLflow run."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from t2v import train as t2v_train
+
+    real_step = t2v_train.VideoStep.__call__
+    calls = {"n": 0}
+
+    def crash_once_at_step_3(self: Any, batch: dict[str, Any]) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash in step 3")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(t2v_train.VideoStep, "__call__", crash_once_at_step_3)
+    state, r = run_flow(data_dir, model="video", max_steps=4, out=str(tmp_path / "crash"))
+    with get_client(sync_client=True) as client:
+        (task_run,) = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert task_run.state.name == "Completed" and task_run.run_count == 2
+    assert r["resumed_from"] == 2 and r["step"] == 4
+    client = MlflowClient(mlflow_store)
+    assert client.get_run(r["run_id"]).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(r["run_id"], "loss_d")] == [1, 2, 3, 4]
+    runs = client.search_runs([client.get_run(r["run_id"]).info.experiment_id],
+                              filter_string=f"tags.out_dir = '{tmp_path / 'crash'}'")
+    assert [x.info.run_id for x in runs] == [r["run_id"]]  # the failed attempt did not leave a second run
+
+
+def test_cache_hit_whose_registered_version_is_gone_trains_again(prefect_api: str, mlflow_store: str,
+                                                                 data_dir: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "stale")
+    _, first = run_flow(data_dir, model="baseline", max_steps=2, out=out)
+    MlflowClient(mlflow_store).delete_model_version(REGISTERED, first["model_version"])
+    state, again = run_flow(data_dir, model="baseline", max_steps=2, out=out)
+    assert sorted(task_states(state)) == ["Cached", "Completed"]  # the stale hit, then the refreshed run
+    assert again["cached"] is False and again["run_id"] == first["run_id"]
+    assert int(again["model_version"]) > int(first["model_version"])
+    assert MlflowClient(mlflow_store).get_model_version(REGISTERED, again["model_version"]).run_id == first["run_id"]
