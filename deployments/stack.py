@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SERVICES = ("prefect", "mlflow", "serve")
+SERVED = ("full-pipeline/nightly", "full-pipeline/demo", "data-stage/add-motions")  # registered by deployments.serve
 
 
 @dataclass(frozen=True)
@@ -133,10 +135,8 @@ def start(cfg: StackConfig, name: str, timeout: float = 120.0) -> int:
             _wait_http(f"{cfg.prefect_api_url}/health", proc, log, timeout)
         elif name == "mlflow":
             _wait_http(f"{cfg.mlflow_url}/health", proc, log, timeout)
-        else:
-            time.sleep(2.0)
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode}; see {log}:\n" + log.read_text()[-2000:])
+        else:  # serving: ready once its deployments are registered with the server
+            _wait_http(f"{cfg.prefect_api_url}/deployments/name/{SERVED[-1]}", proc, log, timeout)
     except Exception:
         stop(cfg, name)
         raise
@@ -170,8 +170,6 @@ def stop(cfg: StackConfig, name: str, timeout: float = 20.0) -> bool:
         pass
     return True
 
-
-SERVICES = ("prefect", "mlflow", "serve")
 
 
 def up(cfg: StackConfig) -> dict[str, int]:

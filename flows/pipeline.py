@@ -1,0 +1,69 @@
+"""The `full-pipeline` flow: data stage -> train -> evaluate (and promote), passing paths and ids.
+
+Every stage is cached: with nothing changed a rerun renders no shard (per-shard cache), trains
+nothing (keyed by the manifest checksum, the training config and the model code) and evaluates
+only when asked or when the model is new. `force_*` parameters re-run one stage; a failed run can
+be retried (`prefect flow-run retry <id>`) and continues where it stopped: finished shards stay
+cached, training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows.data import data_stage
+from flows.evaluate import eval_stage
+from flows.train import train_stage
+from t2v.shards import DataParams
+
+_D = DataParams()
+
+
+def training_dir(out: str, model: str, profile: str, checksum: str) -> str:
+    """One training dir per dataset version: a grown dataset trains afresh instead of resuming a finished run."""
+    return str(Path(out) / "runs" / f"{model}-{profile}-{checksum[:12]}")
+
+
+@flow(name="full-pipeline", log_prints=True)
+def full_pipeline(
+    out: str = "data",
+    motions: list[str] | None = None,
+    clips_per_combo: int = _D.clips_per_combo,
+    val_per_combo: int = _D.val_per_combo,
+    frames: int = _D.frames,
+    size: int = _D.size,
+    seed: int = _D.seed,
+    workers: int = 2,
+    model: str = "video",
+    profile: str = "cpu-demo",
+    max_steps: int | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    warm_start: bool = False,
+    eval_samples: int = 4,
+    force_data: bool = False,
+    force_train: bool = False,
+    force_eval: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Build or grow the dataset at `out`, train `model` with `profile` on it, evaluate the new
+    version against the champion and promote it if it is better. Returns each stage's summary."""
+    data = data_stage(out=out, motions=motions, clips_per_combo=clips_per_combo, val_per_combo=val_per_combo,
+                      frames=frames, size=size, seed=seed, workers=workers, force=force_data, progress=progress)
+    overrides = dict(train_overrides or {})
+    if warm_start:
+        overrides.setdefault("init_from", "champion")
+    trained = train_stage(data=data["root"], model=model, profile=profile, max_steps=max_steps,
+                          out=training_dir(data["root"], model, profile, data["checksum"]),
+                          overrides=overrides, force=force_train, progress=progress)
+    evaluated = eval_stage(model=trained["model_uri"], data=data["root"], samples=eval_samples, force=force_eval)
+    print(f"full-pipeline: {data['clips']} clips ({len(data['rendered'])} shards rendered), "
+          f"{trained['model_uri']} (step {trained['step']}{', cached' if trained['cached'] else ''}), "
+          f"champion: version {evaluated.get('champion_version')}")
+    return {"data": data, "train": trained, "evaluate": evaluated}
+
+
+if __name__ == "__main__":
+    full_pipeline()

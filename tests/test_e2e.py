@@ -1,0 +1,149 @@
+"""End to end, with real processes: a Prefect server, an MLflow server and the deployments being
+served, driven by `prefect deployment run ... --watch` exactly as an operator would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from deployments.stack import SERVICES, StackConfig, _running, down, free_port, up
+
+PLUGIN = '''
+from t2v.vocab import register_motion
+from t2v.motions import _straight
+
+@register_motion("drifting left")
+def drifting_left(rng, p):
+    return _straight(rng, p, -1, 0)
+'''
+DATA_PARAMS = {"clips_per_combo": 2, "val_per_combo": 1, "frames": 8, "size": 32, "workers": 2}
+PIPELINE_PARAMS = {**DATA_PARAMS, "motions": ["moving up", "moving right"], "max_steps": 2,
+                   "train_overrides": {"batch_size": 4, "num_workers": 0}, "eval_samples": 1}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "plugins").mkdir()
+    (tmp / "plugins" / "e2e_motion.py").write_text(PLUGIN)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("T2V_MOTION_PLUGINS", "e2e_motion")  # a motion the test registers: the served runs see it
+    mp.setenv("PYTHONPATH", os.pathsep.join([str(tmp / "plugins"), str(Path(__file__).resolve().parents[1])]))
+    mp.setenv("T2V_STACK_NO_UI", "1")
+    cfg = StackConfig(state=tmp / "state", data=tmp / "data", prefect_port=free_port(), mlflow_port=free_port())
+    try:
+        up(cfg)
+        yield cfg
+    finally:
+        down(cfg)
+        mp.undo()
+        from t2v import vocab
+
+        vocab._REGISTRY.pop("drifting left", None)
+
+
+def deployment_run(cfg: StackConfig, name: str, params: dict[str, Any], timeout: float = 600) -> str:
+    """`prefect deployment run NAME --watch`; returns the flow run id."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", name, "--watch",
+         "--params", json.dumps(params), "--watch-timeout", str(int(timeout))],
+        env=cfg.env(), capture_output=True, text=True, timeout=timeout + 30)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{name} failed:\n{out[-4000:]}\n--- serve log ---\n" + \
+        (cfg.state / "serve.log").read_text()[-6000:]
+    assert "Completed" in out, out[-2000:]
+    return next(line.split()[-1] for line in out.splitlines() if "UUID:" in line)
+
+
+def task_states(cfg: StackConfig, flow_run_id: str) -> list[tuple[str, str]]:
+    """(task run name, state name) of a flow run and all its subflows, from the Prefect API."""
+    os.environ["PREFECT_API_URL"] = cfg.prefect_api_url
+
+    async def read() -> list[tuple[str, str]]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterFlowRunId
+
+        async with get_client() as client:
+            ids = {flow_run_id}
+            frontier = [flow_run_id]
+            while frontier:  # subflow runs hang off task runs of their parent
+                tasks = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                    flow_run_id=TaskRunFilterFlowRunId(any_=frontier)))
+                subs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    parent_task_run_id={"any_": [t.id for t in tasks]})) if tasks else []
+                frontier = [str(s.id) for s in subs if str(s.id) not in ids]
+                ids |= set(frontier)
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=list(ids))))
+            return [(t.name, t.state.name) for t in runs]
+
+    return asyncio.run(read())
+
+
+def artifact_keys(cfg: StackConfig) -> set[str]:
+    os.environ["PREFECT_API_URL"] = cfg.prefect_api_url
+
+    async def read() -> set[str]:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts() if a.key}
+
+    return asyncio.run(read())
+
+
+def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
+    import mlflow
+
+    first = deployment_run(stack, "full-pipeline/demo", PIPELINE_PARAMS)
+    root = stack.data
+    assert (root / "manifest.parquet").is_file() and (root / "shards.parquet").is_file()
+    assert sorted(p.name for p in (root / "shards" / "train").glob("*.tar.gz")) == \
+        ["moving-right-0000.tar.gz", "moving-up-0000.tar.gz"]
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    champion = client.get_model_version_by_alias("t2v-generator", "champion")
+    assert champion.version == "1"
+    states = task_states(stack, first)
+    assert any(n.startswith("render") and s == "Completed" for n, s in states), states
+    keys = artifact_keys(stack)
+    assert {"data-stage-clips", "train-video"} <= keys, keys
+    assert any(k.startswith("eval") for k in keys), keys
+
+    # nothing changed: data and training are cache hits
+    second = deployment_run(stack, "full-pipeline/demo", PIPELINE_PARAMS)
+    states = task_states(stack, second)
+    renders = [s for n, s in states if n.startswith("render")]
+    trains = [s for n, s in states if n.startswith("train")]
+    assert renders and set(renders) == {"Cached"}, states
+    assert trains and set(trains) == {"Cached"}, states
+    assert client.get_model_version_by_alias("t2v-generator", "champion").version == "1"
+
+    # a data-only rerun with the motion this test registered renders only its shards
+    third = deployment_run(stack, "data-stage/add-motions", {**DATA_PARAMS, "motions": ["drifting left"]})
+    states = task_states(stack, third)
+    rendered = sorted(n for n, s in states if n.startswith("render") and s == "Completed")
+    cached = sorted(n for n, s in states if n.startswith("render") and s == "Cached")
+    assert rendered and all("drifting-left" in n for n in rendered), states
+    assert cached and not any("drifting-left" in n for n in cached), states
+    import pyarrow.parquet as pq
+
+    motions = set(pq.read_table(root / "manifest.parquet").column("motion").to_pylist())
+    assert motions == {"moving up", "moving right", "drifting left"}
+
+
+def test_stack_stops_cleanly(stack: StackConfig) -> None:
+    pids = {name: _running(stack, name) for name in SERVICES}
+    assert all(pids.values()), pids
+    assert sorted(down(stack)) == sorted(SERVICES)
+    time.sleep(0.5)
+    for name, pid in pids.items():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # the whole process group is gone: no server or flow run left behind
