@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_TELEMETRY_ENABLED ?= false
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench up down status clean
 
 install: $(STAMP)
 
@@ -23,7 +23,20 @@ demo: install
 	$(BIN)/t2v demo
 
 bench: install
-	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_data.py --json data/bench_data.json
+	$(BIN)/python bench/bench_train.py --json data/bench_train.json
 
-clean:
-	rm -rf $(VENV) data/shards data/manifest*.parquet
+# Local operations stack: Prefect server, MLflow server, deployments served (127.0.0.1 by default).
+# Ports and bind address: make up PREFECT_PORT=4300 MLFLOW_PORT=5300 HOST=127.0.0.1
+STACK_ARGS = $(if $(PREFECT_PORT),--prefect-port $(PREFECT_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(HOST),--host $(HOST))
+up: install
+	$(BIN)/python -m deployments.stack up $(STACK_ARGS)
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m deployments.stack down $(STACK_ARGS); else echo "nothing to stop"; fi
+
+status:
+	$(BIN)/python -m deployments.stack status $(STACK_ARGS)
+
+clean: down
+	rm -rf $(VENV)

@@ -308,8 +308,86 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_pipeline(sub: argparse._SubParsersAction) -> None:
+    from t2v.shards import DataParams
+
+    d = DataParams()
+    for name, helptext in (("pipeline", "run the full pipeline: data -> train -> evaluate/promote (flow full-pipeline)"),
+                           ("demo", "the full pipeline on embedded defaults (what `make demo` runs), then a summary")):
+        p = sub.add_parser(name, help=helptext,
+                           description="Run the full-pipeline flow: render (or grow) the dataset at --out, train "
+                                       "--model with --profile on it, evaluate the new version and promote it to "
+                                       "`champion` if it beats the current one. Every stage is cached: a rerun with "
+                                       "nothing changed renders and trains nothing. Uses PREFECT_API_URL and "
+                                       "MLFLOW_TRACKING_URI when set, else an embedded Prefect server and "
+                                       "data/mlflow.db.")
+        p.add_argument("--out", default="data", help="dataset and run directory (default: data)")
+        p.add_argument("--clips-per-combo", type=int, default=d.clips_per_combo,
+                       help=f"train clips per seen combination (default {d.clips_per_combo})")
+        p.add_argument("--motions", nargs="+", metavar="MOTION", help="motion phrases (default: all)")
+        p.add_argument("--model", default="video", help="video (default) or baseline")
+        p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default) or gpu")
+        p.add_argument("--max-steps", type=int, help="training steps (default: the profile's)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a training config field (repeatable)")
+        p.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+        p.add_argument("--eval-samples", type=int, default=4, help="clips per evaluated prompt (default 4)")
+        p.add_argument("--warm-start", action="store_true", help="initialise from the champion's weights")
+        for stage in ("data", "train", "eval"):
+            p.add_argument(f"--force-{stage}", action="store_true", help=f"re-run the {stage} stage even if cached")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.set_defaults(handler=run_pipeline)
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from t2v import dataset
+    from t2v.shards import DataParams
+
+    overrides = parse_overrides(args.overrides)
+    try:
+        if args.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {args.workers}")
+        dataset.validate_request(DataParams(motions=tuple(args.motions or ()), clips_per_combo=args.clips_per_combo),
+                                 args.out)
+        from t2v import train as t2v_train
+
+        if args.model not in t2v_train.MODELS:
+            raise ValueError(f"unknown model {args.model!r}; valid models: {', '.join(t2v_train.MODELS)}")
+        t2v_train.config_for(args.profile, model=args.model, **overrides)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from e
+
+    from flows.pipeline import full_pipeline
+    from tasks import tracking
+
+    r = full_pipeline(out=args.out, motions=args.motions, clips_per_combo=args.clips_per_combo,
+                      workers=args.workers, model=args.model, profile=args.profile, max_steps=args.max_steps,
+                      train_overrides=overrides, warm_start=args.warm_start, eval_samples=args.eval_samples,
+                      force_data=args.force_data, force_train=args.force_train, force_eval=args.force_eval,
+                      progress=not args.no_progress)
+    data, tr, ev = r["data"], r["train"], r["evaluate"]
+    m = ev["metrics"]
+    print()
+    print(f"dataset:   {data['clips']} clips at {data['root']} ({len(data['rendered'])} shards rendered, "
+          f"{len(data['cached'])} cached)")
+    print(f"trained:   {tr['model_uri']} ({tr['model']}, {tr['profile']}, step {tr['step']}"
+          f"{', cached' if tr['cached'] else ''})")
+    print(f"evaluated: held-out all-three {m['judge_heldout_all3']:.1%}, seen {m['judge_seen_all3']:.1%} "
+          f"(pixel judge); {'promoted' if ev['promoted'] else 'not promoted'}: {ev['reason']}")
+    champion = ev["champion_version"]
+    print(f"champion:  t2v-generator version {champion}"
+          + (f", held-out all-three {m['judge_heldout_all3']:.1%}" if str(champion) == str(tr['model_version']) else ""))
+    out_dir = Path(ev["out_dir"])
+    gifs = sorted(out_dir.glob("**/*.gif"))
+    print(f"GIFs:      {len(gifs)} in {out_dir} (contact sheet: {out_dir / 'contact_sheet.png'})")
+    for g in gifs[:6]:
+        print(f"           {g}")
+    print(f"MLflow UI: {tracking.ui_command(tracking.configure())}  then open {ev['run_link']}")
+    return 0
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_vocab, add_preview, add_data, add_train,
-                                                                      add_evaluate, add_generate)
+                                                                      add_evaluate, add_generate, add_pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:
