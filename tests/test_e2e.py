@@ -65,7 +65,6 @@ def deployment_run(cfg: StackConfig, name: str, params: dict[str, Any], timeout:
 
 def task_states(cfg: StackConfig, flow_run_id: str) -> list[tuple[str, str]]:
     """(task run name, state name) of a flow run and all its subflows, from the Prefect API."""
-    os.environ["PREFECT_API_URL"] = cfg.prefect_api_url
 
     async def read() -> list[tuple[str, str]]:
         from prefect.client.orchestration import get_client
@@ -85,19 +84,25 @@ def task_states(cfg: StackConfig, flow_run_id: str) -> list[tuple[str, str]]:
                 flow_run_id=TaskRunFilterFlowRunId(any_=list(ids))))
             return [(t.name, t.state.name) for t in runs]
 
-    return asyncio.run(read())
+    return against(cfg, read)
+
+
+def against(cfg: StackConfig, read: Any) -> Any:
+    """Run an API read against this stack's server, whatever server other fixtures have configured."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: cfg.prefect_api_url}):
+        return asyncio.run(read())
 
 
 def artifact_keys(cfg: StackConfig) -> set[str]:
-    os.environ["PREFECT_API_URL"] = cfg.prefect_api_url
-
     async def read() -> set[str]:
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
             return {a.key for a in await client.read_artifacts() if a.key}
 
-    return asyncio.run(read())
+    return against(cfg, read)
 
 
 def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
