@@ -1,0 +1,139 @@
+"""Streaming training batches from `shards/train/*.tar.gz` with stock webdataset.
+
+Shards are grouped by motion, so reading them one after another would give batches of one motion.
+Every worker therefore opens *all* train shards as endless per-shard streams and interleaves them
+at random (`wds.RandomMix`, weighted by shard size), then shuffles in a buffer, decodes, and
+batches. One explicit pipeline:
+
+  per shard: ResampledShards([url]) -> tarfile_to_samples      (endless, one stream per shard)
+  RandomMix(streams, probs=bytes) -> shuffle(buffer) -> decode("rgb8") -> map(example) -> batched(B)
+
+Batches carry clips as uint8 (B, 3, T, H, W) (4x less to move between processes and to the GPU
+than floats); `to_model` turns them into floats in [-1, 1] on the training device. Only the train
+split is ever read: validation and held-out shards are for evaluation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from t2v import text, vocab
+
+SPLIT = "train"
+
+
+def train_shards(data_dir: Path) -> list[Path]:
+    """The train split's shards, sorted; a clear error when there are none."""
+    root = Path(data_dir) / "shards" / SPLIT
+    shards = sorted(root.glob("*.tar.gz"))
+    if not shards:
+        raise FileNotFoundError(f"no train shards under {root} (expected shards/train/<motion>-NNNN.tar.gz; "
+                                f"build a dataset first)")
+    return shards
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    frames: int  # T
+    size: int  # H = W
+
+
+def dataset_info(data_dir: Path) -> DatasetInfo:
+    """Clip geometry, read from the first train sample's meta.json."""
+    url = str(train_shards(data_dir)[0])
+    sample = next(iter(wds.WebDataset(url, shardshuffle=False).decode()))
+    meta = sample["meta.json"]
+    if meta["height"] != meta["width"]:
+        raise ValueError(f"clips must be square, got {meta['height']}x{meta['width']}")
+    return DatasetInfo(int(meta["frames"]), int(meta["height"]))
+
+
+def _example(sample: dict[str, Any], color_dropout: float, rng: random.Random) -> dict[str, Any]:
+    """Decoded webdataset sample -> clip (3, T, H, W) uint8, prompt, token ids, class labels, and the
+    per-frame shape centre (the frame critic looks at a window around it)."""
+    meta = sample["meta.json"]
+    T = int(meta["frames"])
+    img = sample["clip.png"]  # (T*H, W, 3) uint8
+    clip = torch.from_numpy(np.array(img.reshape(T, -1, img.shape[1], 3))).permute(3, 0, 1, 2)  # copy: decoder arrays are read-only
+    prompt = meta["prompt"]
+    if color_dropout and rng.random() < color_dropout:
+        prompt = text.drop_color(prompt)
+    lab = text.labels(prompt)
+    traj = meta["trajectory"]
+    centre = torch.tensor([traj["x"], traj["y"]], dtype=torch.float32).T / meta["width"] * 2.0 - 1.0  # (T, 2)
+    return {"__key__": sample["__key__"], "clip": clip, "prompt": prompt, "ids": text.encode([prompt])[0],
+            "centre": centre,
+            "color": lab.color, "shape": lab.shape, "motion": lab.motion,
+            "true_color": list(vocab.COLORS).index(meta["color"])}
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """List of examples -> batch: clips (B, 3, T, H, W) uint8, ids (B, L), labels (B,), prompts, keys."""
+    return {
+        "clips": torch.stack([e["clip"] for e in examples]),
+        "ids": torch.stack([e["ids"] for e in examples]),
+        "centre": torch.stack([e["centre"] for e in examples]),  # (B, T, 2) shape centre in canvas units [-1, 1]
+        "color": torch.tensor([e["color"] for e in examples]),  # -1 where the prompt's colour was dropped
+        "shape": torch.tensor([e["shape"] for e in examples]),
+        "motion": torch.tensor([e["motion"] for e in examples]),
+        "true_color": torch.tensor([e["true_color"] for e in examples]),
+        "prompt": [e["prompt"] for e in examples],
+        "key": [e["__key__"] for e in examples],
+    }
+
+
+class TrainStream(IterableDataset):
+    """Endless batches of mixed motions, shapes and colours; each worker seeds its own pipeline."""
+
+    def __init__(self, data_dir: Path, batch_size: int, shuffle_buffer: int = 512, seed: int = 0,
+                 color_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.urls = [str(p) for p in train_shards(data_dir)]
+        self.weights = [Path(u).stat().st_size for u in self.urls]  # bytes ~ samples: big shards drawn more
+        self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
+        self.color_dropout = color_dropout
+
+    def pipeline(self, seed: int) -> wds.DataPipeline:
+        rng = random.Random(seed)
+        streams = [
+            wds.DataPipeline(wds.ResampledShards([u], seed=seed, deterministic=True), wds.tarfile_to_samples())
+            for u in self.urls
+        ]
+        return wds.DataPipeline(
+            wds.RandomMix(streams, probs=self.weights),
+            wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng) if self.shuffle_buffer else wds.map(lambda s: s),
+            wds.decode("rgb8"),
+            wds.map(partial(_example, color_dropout=self.color_dropout, rng=random.Random(seed + 1))),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        seed = (self.seed * 1_000_003 + wid * 7919) % 2**31
+        if info is not None:
+            random.seed(seed)  # RandomMix draws from the worker's global `random`
+        return iter(self.pipeline(seed))
+
+
+def make_loader(data_dir: Path, batch_size: int, *, num_workers: int = 1, shuffle_buffer: int = 512,
+                seed: int = 0, color_dropout: float = 0.0, pin_memory: bool = False) -> DataLoader:
+    """Multi-worker DataLoader over `TrainStream` (batching happens in the pipeline)."""
+    stream = TrainStream(data_dir, batch_size, shuffle_buffer, seed, color_dropout)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False)
+
+
+def to_model(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, 3, T, H, W) -> float (B, 3, T, H, W) in [-1, 1] on `device` (non-blocking from pinned memory)."""
+    x = clips.to(device, non_blocking=True)
+    return x.float().div_(127.5).sub_(1.0)

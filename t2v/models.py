@@ -1,0 +1,483 @@
+"""The two models: the tutorial's per-frame GAN (`baseline`) and the clip-level layered GAN (`video`).
+
+video generator -- a content/motion split, composited like a layered GAN:
+  text ids --TextEncoder--> colour code, shape code, motion code          # (B, 3, D)
+  fill    = MLP(colour code, z)           per clip                       # (B, 3)
+  contour = exp(Fourier(MLP(shape code)))  per clip, radius at N angles  # (B, N)
+  pose_t  = MLP(motion code, z) -> per-frame (x, y, log-scale, angle)    # (B, T, 4)
+            = MLP(h + e_t) + readout_t(h) + velocity(h) * t                 (explicit time modelling)
+  frame_t = white * (1 - a_t) + fill * a_t,  a_t = anti-aliased inside of the posed contour
+The sprite is a learned star-shaped contour (log-radius as a Fourier series in the polar angle)
+rasterised analytically: no texture to fill with speckle, always one solid anti-aliased shape, so
+the critics only have to teach its outline.
+Each prompt part drives exactly one factor, so held-out pairs (purple square, circle moving
+up-right) are new combinations of factors that were each trained on other pairs.
+
+video discriminators -- all three see the prompt (projection on a bag of words) and carry AC-GAN heads:
+  FrameD: K random frames per clip, a full-resolution window around the shape -> real/fake + colour + shape
+  VideoD: the whole clip at half resolution, frames stacked as channels       -> real/fake + motion (+ colour, shape)
+  TrackD: per-frame ink moments of the half-resolution clip (centre, size,
+          2/3/4-fold symmetry and orientation) and their changes, an MLP      -> real/fake + motion + shape
+During training the generator renders only what the critics see (the half-resolution clip and
+K windows), never the full-resolution clip: ~3x fewer pixels.
+Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are extra negatives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from t2v import text, vocab
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What the sampler needs to rebuild a generator: written to the export's config.json."""
+
+    model: str  # "video" | "baseline"
+    frames: int  # T
+    size: int  # H = W
+    z_dim: int = 32
+    text_dim: int = 64
+    words: tuple[str, ...] = field(default_factory=lambda: tuple(vocab.words()))  # token id i+1 = words[i]
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.words) + 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["words"] = list(self.words)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorSpec":
+        d = dict(d)
+        d["words"] = tuple(d["words"])
+        return cls(**d)
+
+
+def _roles(words: tuple[str, ...]) -> list[int]:
+    return [0] + [1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3 for w in words]
+
+
+# ----------------------------------------------------------------------------- baseline (the tutorial)
+
+BASELINE_NOISE = 100
+BASELINE_TEXT = 10
+
+
+class BaselineGenerator(nn.Module):
+    """The tutorial's frame generator: concat(noise 100, text 10) -> Linear -> 256 x s/8 x s/8 -> 3 ConvT.
+
+    At size 64 this is layer for layer the tutorial's; a clip is T frames with independent noise."""
+
+    def __init__(self, frames: int, size: int) -> None:
+        super().__init__()
+        self.frames, self.size, self.base = frames, size, size // 8
+        self.fc1 = nn.Linear(BASELINE_NOISE + BASELINE_TEXT, 256 * self.base * self.base)
+        self.deconv1 = nn.ConvTranspose2d(256, 128, 4, 2, 1)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, 4, 2, 1)
+        self.deconv3 = nn.ConvTranspose2d(64, 3, 4, 2, 1)
+
+    def frame(self, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(M, 100), (M, 10) -> (M, 3, H, W) in [-1, 1]"""
+        x = self.fc1(torch.cat([noise, t], 1)).view(-1, 256, self.base, self.base)  # (M, 256, s/8, s/8)
+        x = F.relu(self.deconv1(x))  # (M, 128, s/4, s/4)
+        x = F.relu(self.deconv2(x))  # (M, 64, s/2, s/2)
+        return torch.tanh(self.deconv3(x))  # (M, 3, s, s)
+
+    def sample_noise(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        """Fresh noise for every frame, as the tutorial samples. # (N, T, 100)"""
+        return torch.randn(n, self.frames, BASELINE_NOISE, generator=gen)
+
+    def forward(self, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, 100), (B, 10) -> (B, 3, T, H, W)"""
+        B, T, _ = noise.shape
+        frames = self.frame(noise.reshape(B * T, -1), t.repeat_interleave(T, 0))  # (B*T, 3, H, W)
+        return frames.view(B, T, 3, self.size, self.size).transpose(1, 2)
+
+
+class BaselineDiscriminator(nn.Module):
+    """The tutorial's frame discriminator: 3 strided convs + LeakyReLU(0.2) -> Linear -> Sigmoid; no text."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 4, 2, 1)
+        self.conv2 = nn.Conv2d(64, 128, 4, 2, 1)
+        self.conv3 = nn.Conv2d(128, 256, 4, 2, 1)
+        self.fc1 = nn.Linear(256 * (size // 8) ** 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, 3, H, W) -> (M, 1) probability of real"""
+        x = F.leaky_relu(self.conv1(x), 0.2)  # (M, 64, H/2, W/2)
+        x = F.leaky_relu(self.conv2(x), 0.2)  # (M, 128, H/4, W/4)
+        x = F.leaky_relu(self.conv3(x), 0.2)  # (M, 256, H/8, W/8)
+        return torch.sigmoid(self.fc1(x.flatten(1)))
+
+
+# ----------------------------------------------------------------------------- video generator
+
+def _mlp(i: int, h: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, o))
+
+
+HARMONICS = 12  # Fourier terms of the contour: squares need multiples of 4, triangles of 3
+ANGLES = 256  # the contour is tabulated at this many polar angles and interpolated per pixel
+RADIUS = 0.26  # initial circumradius in canvas units (13% of the side, mid-range of the data's 10-16%)
+POSE_RANGE = 0.85  # centres stay within this fraction of the canvas half-side
+# Soft (tanh) bounds in log space, never clamps: a shape that shrank to nothing would give no
+# gradient and the generator would stay blank for good.
+SCALE_RANGE = 0.9  # scale within e^-0.9..e^0.9 of RADIUS: 3.4-20 px radius at 64 px (data: 3.6-12.8 px)
+CONTOUR_RANGE = 0.8  # contour radius within e^-0.8..e^0.8 of the scale: a triangle needs corners 2x its apothem, no more
+
+
+@dataclass
+class Layers:
+    """A clip before compositing: per-clip fill and contour, per-frame pose in canvas units ([-1, 1], y down)."""
+
+    fill: torch.Tensor  # (B, 3) in [-1, 1]
+    contour: torch.Tensor  # (B, ANGLES) radius of the unit-scale contour at polar angles -pi + 2 pi j / ANGLES
+    cx: torch.Tensor  # (B, T)
+    cy: torch.Tensor  # (B, T)
+    scale: torch.Tensor  # (B, T) radius of the unit contour, canvas units
+    angle: torch.Tensor  # (B, T) radians, clockwise on screen
+
+
+def fourier_basis(harmonics: int, angles: int) -> torch.Tensor:
+    """[1, cos k theta, sin k theta] at `angles` polar angles from -pi. # (angles, 1 + 2K)"""
+    th = torch.arange(angles, dtype=torch.float64) * (2 * math.pi / angles) - math.pi
+    cols = [torch.ones_like(th)]
+    for k in range(1, harmonics + 1):
+        cols += [torch.cos(k * th), torch.sin(k * th)]
+    return torch.stack(cols, 1).float()
+
+
+def pixel_centres(start: torch.Tensor, n: int, side: int) -> torch.Tensor:
+    """Canvas coordinates of pixels start..start+n-1 on a `side`-pixel canvas. (...,) -> (..., n)"""
+    return (start.unsqueeze(-1) + torch.arange(n, device=start.device) + 0.5) * (2.0 / side) - 1.0
+
+
+def composite(layers: Layers, frames: torch.Tensor | None, gx: torch.Tensor, gy: torch.Tensor,
+              side: int) -> torch.Tensor:
+    """Rasterise the star-shaped sprite at canvas points and blend the fill over white.
+
+    The sprite is the region rho < scale * R(theta) in the shape's own frame (R tabulated, linearly
+    interpolated); coverage is the renderer's one-pixel anti-aliasing ramp on the radial distance to
+    the contour, in pixels of a `side`-pixel canvas. frames (B, F) picks poses (None = all T);
+    gx (B, F, w), gy (B, F, h) are the canvas coordinates of the output columns / rows.
+    -> (B, 3, F, h, w) in [-1, 1]"""
+    pose = [layers.cx, layers.cy, layers.scale, layers.angle]
+    if frames is not None:
+        pose = [p.gather(1, frames) for p in pose]
+    cx, cy, scale, ang = (p.float().unsqueeze(-1).unsqueeze(-1) for p in pose)  # (B, F, 1, 1)
+    dx = gx.unsqueeze(-2) - cx  # (B, F, 1, w)
+    dy = gy.unsqueeze(-1) - cy  # (B, F, h, 1)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    u = cos * dx + sin * dy  # (B, F, h, w): R(-angle) (p - c), canvas units in the shape's frame
+    v = -sin * dx + cos * dy
+    rho = torch.sqrt(u * u + v * v + 1e-12)
+    table = layers.contour.float()  # (B, N)
+    B, N = table.shape
+    f = (torch.atan2(v, u) + math.pi) * (N / (2 * math.pi))  # (B, F, h, w) fractional table index
+    j0 = f.detach().floor()
+    wgt = f - j0
+    j0 = j0.long().remainder(N).view(B, -1)
+    j1 = (j0 + 1).remainder(N)
+    r = table.gather(1, j0).view_as(rho) * (1 - wgt) + table.gather(1, j1).view_as(rho) * wgt
+    d_px = (rho - scale * r) * (side / 2.0)  # radial distance outside the contour, pixels
+    a = (0.5 - d_px).clamp(0.0, 1.0).unsqueeze(1)  # (B, 1, F, h, w)
+    return 1.0 - a * (1.0 - layers.fill.float().view(B, 3, 1, 1, 1))
+
+
+class LayeredGenerator(nn.Module):
+    """Per-clip fill and contour, per-frame pose; rasterised over white.
+
+    noise (B, z), codes (B, 3, D) -> clip (B, 3, T, H, W) in [-1, 1]"""
+
+    def __init__(self, frames: int, size: int, z_dim: int = 32, text_dim: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.frames, self.size, self.z_dim = frames, size, z_dim
+        self.fill = _mlp(text_dim + z_dim, 128, 3)
+        self.contour = _mlp(text_dim, 128, 1 + 2 * HARMONICS)  # shape code only: a shape looks the same in any motion
+        nn.init.zeros_(self.contour[-1].weight)  # start as a circle of radius `scale`
+        nn.init.zeros_(self.contour[-1].bias)
+        self.register_buffer("basis", fourier_basis(HARMONICS, ANGLES), persistent=False)
+        self.motion = _mlp(text_dim + z_dim, hidden, hidden)
+        self.time = nn.Parameter(torch.randn(frames, hidden) * 0.1)  # learned per-frame embedding
+        self.pose = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 4))
+        self.direct = nn.Linear(hidden, frames * 4)  # per-frame pose readout: straight lines and zigzags are linear in it
+        # per-clip rate of change of each pose channel: one parameter moves the whole clip coherently
+        # (travel, growth, turning), where per-frame readouts would each have to learn the ramp
+        self.velocity = nn.Linear(hidden, 4)
+        self.register_buffer("ramp", torch.linspace(-1.0, 1.0, frames).view(1, frames, 1), persistent=False)
+        for lin in (self.direct, self.velocity):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def sample_noise(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, generator=gen)
+
+    def layers(self, z: torch.Tensor, codes: torch.Tensor) -> Layers:
+        """Content (fill, contour) from the colour/shape codes, motion (pose per frame) from the motion code + z."""
+        c_col, c_shape, c_mot = codes.float().unbind(1)  # (B, D) each
+        fill = torch.tanh(self.fill(torch.cat([c_col, z], 1)))  # (B, 3)
+        log_r = self.contour(c_shape) @ self.basis.T  # (B, ANGLES) log-radius Fourier series
+        contour = torch.exp(CONTOUR_RANGE * torch.tanh(log_r / CONTOUR_RANGE))  # soft-bounded, never 0
+        h = self.motion(torch.cat([c_mot, z], 1))  # (B, hidden)
+        pose = (self.pose(h.unsqueeze(1) + self.time.unsqueeze(0)) + self.direct(h).view(-1, self.frames, 4)
+                + self.velocity(h).unsqueeze(1) * self.ramp)  # (B, T, 4)
+        pose = pose.float()
+        return Layers(fill, contour, POSE_RANGE * torch.tanh(pose[..., 0]), POSE_RANGE * torch.tanh(pose[..., 1]),
+                      RADIUS * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi)
+
+    def render(self, layers: Layers, res: int | None = None) -> torch.Tensor:
+        """Whole clip on a res x res canvas (default: full size). # (B, 3, T, res, res)"""
+        res = res or self.size
+        B, T = layers.cx.shape
+        g = pixel_centres(torch.zeros(B, T, device=layers.cx.device), res, res)  # (B, T, res)
+        return composite(layers, None, g, g, res)
+
+    def crops(self, layers: Layers, frames: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-resolution size x size windows around the shape in frames (B, K), on whole-pixel offsets.
+
+        -> windows (B, 3, K, size, size), origins (B, K, 2) (top-left pixel x, y of each window)"""
+        x0 = crop_origin(layers.cx.gather(1, frames).detach(), self.size, size)  # (B, K)
+        y0 = crop_origin(layers.cy.gather(1, frames).detach(), self.size, size)
+        gx, gy = pixel_centres(x0, size, self.size), pixel_centres(y0, size, self.size)
+        return composite(layers, frames, gx, gy, self.size), torch.stack([x0, y0], -1)
+
+    def views(self, z: torch.Tensor, codes: torch.Tensor, frames: torch.Tensor, crop: int, res: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the critics see of a fake clip, rendered directly: full-resolution windows around the
+        shape in frames (B, K), and the whole clip at res x res. # (B, 3, K, c, c), (B, 3, T, res, res)"""
+        layers = self.layers(z, codes)
+        return self.crops(layers, frames, crop)[0], self.render(layers, res)
+
+    def forward(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.render(self.layers(z, codes))
+
+
+def crop_origin(c: torch.Tensor, side: int, size: int) -> torch.Tensor:
+    """Top-left pixel of a size-wide window centred on canvas coordinate c, kept inside the canvas."""
+    px = (c + 1.0) * (side / 2.0)  # pixels
+    return (px - size / 2.0).round().clamp(0, side - size)
+
+
+def crop_real(clips: torch.Tensor, frames: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same windows cut from real clips, centred on their true centres (canvas units, (B, T)).
+
+    clips (B, 3, T, H, W), frames (B, K) -> windows (B, 3, K, size, size), origins (B, K, 2) pixels"""
+    B, C, T, H, W = clips.shape
+    K = frames.shape[1]
+    x0 = crop_origin(cx.gather(1, frames), W, size)  # (B, K)
+    y0 = crop_origin(cy.gather(1, frames), H, size)
+    ar = torch.arange(size, device=clips.device)
+    rows = (y0.long().unsqueeze(-1) + ar).view(B, 1, K, size, 1)
+    cols = (x0.long().unsqueeze(-1) + ar).view(B, 1, K, 1, size)
+    bi = torch.arange(B, device=clips.device).view(B, 1, 1, 1, 1)
+    ci = torch.arange(C, device=clips.device).view(1, C, 1, 1, 1)
+    return clips[bi, ci, frames.view(B, 1, K, 1, 1), rows, cols], torch.stack([x0, y0], -1)
+
+
+# ----------------------------------------------------------------------------- video discriminators
+
+def _sn(m: nn.Module) -> nn.Module:
+    return spectral_norm(m)
+
+
+class FrameDiscriminator(nn.Module):
+    """Single frames, cropped around the shape at full resolution: features for a projection
+    real/fake score and colour/shape heads. Position is the video critic's job."""
+
+    def __init__(self, crop: int, width: int = 32, feat: int = 256) -> None:
+        super().__init__()
+        w = width
+        self.convs = nn.Sequential(
+            _sn(nn.Conv2d(3, w, 4, 2, 1)), nn.LeakyReLU(0.2),  # (N, w, c/2, c/2)
+            _sn(nn.Conv2d(w, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2),  # (N, 2w, c/4, c/4)
+            _sn(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),  # (N, 4w, c/8, c/8)
+        )
+        self.fc = nn.Sequential(_sn(nn.Linear(4 * w * (crop // 8) ** 2, feat)), nn.LeakyReLU(0.2))
+        self.score = _sn(nn.Linear(feat, 1))
+        self.heads = nn.ModuleDict({"color": nn.Linear(feat, len(vocab.COLORS)), "shape": nn.Linear(feat, len(vocab.SHAPES))})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, c, c) -> features (N, feat)"""
+        return self.fc(self.convs(x).flatten(1))
+
+    def judge(self, h: torch.Tensor, tvec: torch.Tensor) -> torch.Tensor:
+        """Projection score: unconditional term + <prompt vector, features>. # (N,)"""
+        return self.score(h).squeeze(1) + (h * tvec).sum(1)
+
+
+class VideoDiscriminator(nn.Module):
+    """Whole clips at half resolution, frames stacked as channels (early fusion: every first-layer
+    filter sees all T frames of its patch, so motion is read from the start, at 2D-conv cost):
+    features for a projection score and motion/colour/shape heads."""
+
+    def __init__(self, frames: int, res: int, n_motions: int, width: int = 32, feat: int = 256) -> None:
+        super().__init__()
+        w = width
+        self.convs = nn.Sequential(
+            _sn(nn.Conv2d(3 * frames, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2),  # (B, 2w, r/2, r/2)
+            _sn(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),  # (B, 4w, r/4, r/4)
+            _sn(nn.Conv2d(4 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),  # (B, 4w, r/8, r/8)
+        )
+        self.fc = nn.Sequential(_sn(nn.Linear(4 * w * (res // 8) ** 2, feat)), nn.LeakyReLU(0.2))
+        self.score = _sn(nn.Linear(feat, 1))
+        self.heads = nn.ModuleDict({"motion": nn.Linear(feat, n_motions), "color": nn.Linear(feat, len(vocab.COLORS)),
+                                    "shape": nn.Linear(feat, len(vocab.SHAPES))})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, r, r) -> features (B, feat)"""
+        B, C, T, H, W = x.shape
+        return self.fc(self.convs(x.reshape(B, C * T, H, W)).flatten(1))
+
+    def judge(self, h: torch.Tensor, tvec: torch.Tensor) -> torch.Tensor:
+        return self.score(h).squeeze(1) + (h * tvec).sum(1)  # (B,)
+
+
+INK_GAIN = 2.0  # conv critics' input gain on ink (see VideoDiscriminators.forward)
+MOMENT_GAIN = 4.0  # track critic's gain on moments (see track_features)
+
+
+def ink_moments(clip: torch.Tensor, origin: torch.Tensor | None = None, side: int | None = None) -> torch.Tensor:
+    """Per-frame shape statistics read from pixels, differentiably (the pixel judge's quantities):
+    centre (canvas units), sqrt(area) and the complex moments M2, M3, M4 (elongation, 3- and 4-fold
+    symmetry and their orientation), each normalised to be scale-free.
+
+    clip (B, 3, T, h, w) in [-1, 1] is either whole frames, or windows whose top-left pixels are
+    `origin` (B, T, 2) on a `side`-pixel canvas. Raw moments up to order 4 come from two small matmuls
+    per frame (separable in x and y); central and complex moments follow by the binomial theorem.
+    -> (B, T, 9)"""
+    B, C, T, h, w = clip.shape
+    side = side or w
+    ink = ((1.0 - clip.float()) * 0.5).sum(1).clamp(min=0.0)  # (B, T, h, w)
+    # coverage, ~1 inside the shape; dividing by the clip's darkest pixel (not detached) makes every
+    # feature blind to how dark the fill is, so no gradient can pale the shape away
+    a = ink / (ink.flatten(1).amax(1).view(B, 1, 1, 1) + 1e-3)
+    xs = (torch.arange(w, device=clip.device) + 0.5 - w / 2) * (2.0 / side)  # window-centred canvas units
+    ys = (torch.arange(h, device=clip.device) + 0.5 - h / 2) * (2.0 / side)
+    X = torch.stack([xs ** p for p in range(5)], 1)  # (w, 5)
+    Y = torch.stack([ys ** q for q in range(5)], 1)  # (h, 5)
+    raw = Y.T @ a @ X  # (B, T, 5, 5): raw[q, p] = sum a y^q x^p
+    m0 = raw[..., 0, 0].clamp(min=1e-3)  # blank frames give finite features and gradients
+    lx, ly = raw[..., 0, 1] / m0, raw[..., 1, 0] / m0  # centre inside the window
+
+    def mu(p: int, q: int) -> torch.Tensor:  # central moment sum a (x - lx)^p (y - ly)^q
+        return sum(math.comb(p, i) * math.comb(q, j) * (-lx) ** (p - i) * (-ly) ** (q - j) * raw[..., j, i]
+                   for i in range(p + 1) for j in range(q + 1))
+
+    s2 = mu(2, 0) + mu(0, 2) + 1e-4  # sum a |z|^2
+    norm = {k: m0 * (s2 / m0) ** (k / 2) for k in (2, 3, 4)}
+    moments = [  # Re and Im of sum a z^k, z = (x - lx) + i (y - ly)
+        (mu(2, 0) - mu(0, 2), 2 * mu(1, 1)),
+        (mu(3, 0) - 3 * mu(1, 2), 3 * mu(2, 1) - mu(0, 3)),
+        (mu(4, 0) - 6 * mu(2, 2) + mu(0, 4), 4 * mu(3, 1) - 4 * mu(1, 3)),
+    ]
+    off_x = 0.0 if origin is None else origin[..., 0].float() * (2.0 / side)
+    off_y = 0.0 if origin is None else origin[..., 1].float() * (2.0 / side)
+    cx = lx + w / side + off_x - 1.0
+    cy = ly + h / side + off_y - 1.0
+    feats = [cx, cy, torch.sqrt(m0 * (4.0 / (side * side)))]
+    for k, (re, im) in zip((2, 3, 4), moments):
+        feats += [re / norm[k], im / norm[k]]
+    return torch.stack(feats, -1)  # (B, T, 9)
+
+
+def track_features(m: torch.Tensor) -> torch.Tensor:
+    """The moments and their per-frame changes, with gains: under spectral norm the input scale sets
+    how fast the heads learn (4x on the moments: motion classification in ~100 steps instead of ~300).
+    (B, T, 9) -> (B, 9T + 9(T-1))"""
+    g = m * MOMENT_GAIN
+    d = (g[:, 1:] - g[:, :-1]) * 4.0  # (B, T-1, 9) per-frame change, scaled up to the positions' range
+    return torch.cat([g.flatten(1), d.flatten(1)], 1)
+
+
+class TrackDiscriminator(nn.Module):
+    """Whole clips seen as the track of their shape (track_features of ink_moments): a cheap MLP
+    critic that reads motion and shape the way the pixel judge does. Features for a projection
+    score and motion/shape heads."""
+
+    def __init__(self, frames: int, n_motions: int, feat: int = 256) -> None:
+        super().__init__()
+        n = 9 * frames + 9 * (frames - 1)  # track_features
+        self.fc = nn.Sequential(_sn(nn.Linear(n, feat)), nn.LeakyReLU(0.2), _sn(nn.Linear(feat, feat)), nn.LeakyReLU(0.2))
+        self.score = _sn(nn.Linear(feat, 1))
+        self.heads = nn.ModuleDict({"motion": nn.Linear(feat, n_motions), "shape": nn.Linear(feat, len(vocab.SHAPES))})
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, r, r) -> features (B, feat)"""
+        return self.fc(track_features(ink_moments(clip)))
+
+    def judge(self, h: torch.Tensor, tvec: torch.Tensor) -> torch.Tensor:
+        return self.score(h).squeeze(1) + (h * tvec).sum(1)  # (B,)
+
+
+class VideoDiscriminators(nn.Module):
+    """The three critics plus their own prompt embeddings (bag of words, one per critic).
+
+    Inputs are prepared by the caller: windows (B, 3, K, c, c) at full resolution around the shape
+    in K frames, and the whole clip at half resolution (B, 3, T, H/2, W/2)."""
+
+    def __init__(self, frames: int, size: int, n_vocab: int, n_motions: int, width: int = 32,
+                 frame_samples: int = 2, feat: int = 256) -> None:
+        super().__init__()
+        if size % 16:
+            raise ValueError(f"frame size must be a multiple of 16 for the discriminators, got {size}")
+        self.frame_samples, self.crop, self.res, self.size = frame_samples, size // 2, size // 2, size
+        self.frame = FrameDiscriminator(self.crop, width, feat)
+        self.video = VideoDiscriminator(frames, self.res, n_motions, width, feat)
+        self.track = TrackDiscriminator(frames, n_motions, feat)
+        self.frame_text = text.BagOfWords(n_vocab, feat)
+        self.video_text = text.BagOfWords(n_vocab, feat)
+        self.track_text = text.BagOfWords(n_vocab, feat)
+
+    def forward(self, crops: torch.Tensor, clip: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of each critic: frame (B*K, feat), video (B, feat), track (B, feat)
+
+        crops (B, 3, K, c, c): full-resolution windows around the shape in K frames; clip
+        (B, 3, T, r, r): the whole clip at half resolution. The conv critics see ink,
+        (x - 1) * INK_GAIN: the white background becomes 0 and the small shape a strong signal.
+        Under spectral norm (every layer at most unit gain) this makes the class heads learn about
+        10x faster than on raw pixels."""
+        B, C, K, h, w = crops.shape
+        ink_crops = (crops.transpose(1, 2).reshape(B * K, C, h, w) - 1.0) * INK_GAIN
+        return {"frame": self.frame(ink_crops), "video": self.video((clip - 1.0) * INK_GAIN), "track": self.track(clip)}
+
+    def scores(self, h: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Projection scores of each critic for prompts `ids` (B, L): frame (B*K,), video (B,), track (B,)"""
+        K = h["frame"].shape[0] // h["video"].shape[0]
+        return {"frame": self.frame.judge(h["frame"], self.frame_text(ids).repeat_interleave(K, 0)),
+                "video": self.video.judge(h["video"], self.video_text(ids)),
+                "track": self.track.judge(h["track"], self.track_text(ids))}
+
+    def logits(self, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """AC-GAN class logits, keyed "<critic>_<attribute>": frame colour/shape (B*K, .), video and track (B, .)"""
+        return {f"{name}_{k}": head(h[name]) for name, critic in (("frame", self.frame), ("video", self.video),
+                                                                   ("track", self.track))
+                for k, head in critic.heads.items()}
+
+
+# ----------------------------------------------------------------------------- construction
+
+def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
+    """(generator, text encoder) for a spec, freshly initialised."""
+    if spec.model == "baseline":
+        return BaselineGenerator(spec.frames, spec.size), text.MeanEmbedding(spec.n_vocab, BASELINE_TEXT)
+    if spec.model == "video":
+        return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim),
+                text.TextEncoder(spec.n_vocab, _roles(spec.words), spec.text_dim))
+    raise ValueError(f"unknown model {spec.model!r}; valid models: video, baseline")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

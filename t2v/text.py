@@ -1,0 +1,146 @@
+"""Prompt tokens and the text encoder trained with the video generator.
+
+Token ids come from `t2v.vocab.tokenize` (1-based, 0 = padding), so an unknown word is a
+`VocabularyError` naming it. The encoder factors a prompt into three codes -- colour, shape,
+motion -- by attention slots: each slot attends over the tokens of its grammatical role (known
+from the vocabulary) plus a learned "none" token, so "purple square" or "circle moving up-right"
+are new combinations of codes learned separately, and a prompt without a colour word selects the
+colour slot's "none" (any colour).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from t2v import vocab
+
+ROLES = ("color", "shape", "motion")  # slot order of TextEncoder's output
+
+
+def vocab_size() -> int:
+    """Embedding rows: every vocabulary word plus padding id 0."""
+    return len(vocab.words()) + 1
+
+
+def token_roles() -> list[int]:
+    """Role id of every token id (0 = padding, 1 = colour, 2 = shape, 3 = motion word)."""
+    out = [0]
+    for w in vocab.words():
+        out.append(1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3)
+    return out
+
+
+def max_prompt_len() -> int:
+    """Longest canonical prompt in tokens: colour + shape + the longest motion phrase."""
+    return 2 + max(len(m.split()) for m in vocab.motion_names())
+
+
+def encode(prompts: list[str], length: int | None = None) -> torch.Tensor:
+    """Token ids of valid prompts, right-padded with 0. # (N, L) int64
+
+    Raises VocabularyError (naming the word and the known words) before any work is done."""
+    length = length or max_prompt_len()
+    ids = [vocab.tokenize(p) for p in prompts]
+    too_long = [p for p, t in zip(prompts, ids) if len(t) > length]
+    if too_long:
+        raise vocab.VocabularyError(f"prompt {too_long[0]!r} has more than {length} tokens")
+    out = torch.zeros(len(ids), length, dtype=torch.long)
+    for i, t in enumerate(ids):
+        out[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return out
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Class indices of a prompt's parts (-1 where the prompt leaves the colour open)."""
+
+    color: int
+    shape: int
+    motion: int
+
+
+def labels(prompt: str) -> Labels:
+    p = vocab.parse_prompt(prompt)
+    return Labels(
+        list(vocab.COLORS).index(p.color) if p.color else -1,
+        vocab.SHAPES.index(p.shape),
+        vocab.motion_names().index(p.motion),
+    )
+
+
+def drop_color(prompt: str) -> str:
+    """The prompt without its colour word (the vocabulary allows it: then any colour is valid)."""
+    p = vocab.parse_prompt(prompt)
+    return vocab.canonical_prompt(None, p.shape, p.motion)
+
+
+def maybe_drop_colors(prompts: list[str], p: float, rng: random.Random) -> list[str]:
+    return [drop_color(t) if rng.random() < p else t for t in prompts]
+
+
+class TextEncoder(nn.Module):
+    """Token ids -> one code per role (colour, shape, motion) by role-restricted attention slots.
+
+    (B, L) int64 -> (B, 3, D)
+    """
+
+    def __init__(self, n_vocab: int, roles: list[int], dim: int = 64) -> None:
+        super().__init__()
+        self.dim = dim
+        self.tok = nn.Embedding(n_vocab, dim, padding_idx=0)
+        self.register_buffer("roles", torch.tensor(roles, dtype=torch.long), persistent=True)
+        self.query = nn.Parameter(torch.randn(len(ROLES), dim) * dim**-0.5)  # one learned query per slot
+        self.none = nn.Parameter(torch.randn(len(ROLES), dim) * 0.1)  # what a slot reads when its role is absent
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        B, L = ids.shape
+        e = self.tok(ids)  # (B, L, D)
+        k, v = self.key(e), self.value(e)  # (B, L, D)
+        logits = torch.einsum("sd,bld->bsl", self.query, k) * self.dim**-0.5  # (B, S, L)
+        slot_role = torch.arange(1, len(ROLES) + 1, device=ids.device)  # (S,)
+        allowed = self.roles[ids].unsqueeze(1) == slot_role.view(1, -1, 1)  # (B, S, L)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        none_logit = torch.zeros(B, len(ROLES), 1, device=ids.device, dtype=logits.dtype)
+        # the "none" token competes only when the role has no word in the prompt
+        has_role = allowed.any(-1, keepdim=True)  # (B, S, 1)
+        none_logit = none_logit.masked_fill(has_role, float("-inf"))
+        attn = F.softmax(torch.cat([logits, none_logit], -1), -1)  # (B, S, L+1)
+        vals = torch.cat([v.unsqueeze(1).expand(B, len(ROLES), L, self.dim),
+                          self.none.view(1, len(ROLES), 1, self.dim).expand(B, -1, -1, -1)], 2)  # (B, S, L+1, D)
+        codes = torch.einsum("bsl,bsld->bsd", attn, vals)  # (B, S, D)
+        return self.out(codes)  # (B, S, D)
+
+
+class MeanEmbedding(nn.Module):
+    """The tutorial's text encoder: mean of word embeddings (padding excluded). (B, L) -> (B, D)"""
+
+    def __init__(self, n_vocab: int, dim: int = 10) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_vocab, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids > 0).unsqueeze(-1).float()  # (B, L, 1)
+        return (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class BagOfWords(nn.Module):
+    """Discriminator-side prompt embedding: sum of word vectors, so a projection score is a sum of
+    per-word scores and unseen combinations are scored from their words. (B, L) -> (B, D)"""
+
+    def __init__(self, n_vocab: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_vocab, dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids).sum(1)

@@ -1,0 +1,153 @@
+"""Model layers, the baseline's parameter count, the text encoder's factoring, and the sampler round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from t2v import text, vocab
+from t2v.models import (ANGLES, BaselineDiscriminator, BaselineGenerator, GeneratorSpec, LayeredGenerator,
+                        VideoDiscriminators, build_generator, count_parameters, crop_real, ink_moments)
+from t2v.sampler import export_generator, load_generator
+
+T, S, B = 8, 32, 3
+PROMPTS = ["red circle moving up", "square spinning clockwise", "purple triangle expanding"]
+
+
+def test_baseline_parameter_count_is_the_tutorials() -> None:
+    """Counted by hand from the tutorial's layer list (64x64 frames, noise 100, text 10)."""
+    fc1 = (100 + 10) * 256 * 8 * 8 + 256 * 8 * 8
+    deconv1 = 256 * 128 * 4 * 4 + 128
+    deconv2 = 128 * 64 * 4 * 4 + 64
+    deconv3 = 64 * 3 * 4 * 4 + 3
+    conv1 = 3 * 64 * 4 * 4 + 64
+    conv2 = 64 * 128 * 4 * 4 + 128
+    conv3 = 128 * 256 * 4 * 4 + 256
+    fc = 256 * 8 * 8 + 1
+    assert count_parameters(BaselineGenerator(16, 64)) == fc1 + deconv1 + deconv2 + deconv3 == 2_477_251
+    assert count_parameters(BaselineDiscriminator(64)) == conv1 + conv2 + conv3 + fc == 675_265
+    _, emb = build_generator(GeneratorSpec("baseline", 16, 64))
+    assert count_parameters(emb) == text.vocab_size() * 10  # nn.Embedding(vocab, 10)
+
+
+def test_baseline_shapes_and_independent_frames() -> None:
+    g, d = BaselineGenerator(T, S), BaselineDiscriminator(S)
+    noise, t = g.sample_noise(B), torch.randn(B, 10)
+    assert noise.shape == (B, T, 100)
+    clip = g(noise, t)
+    assert clip.shape == (B, 3, T, S, S) and clip.abs().max() <= 1
+    assert not torch.allclose(clip[:, :, 0], clip[:, :, 1])  # fresh noise per frame, as the tutorial samples
+    p = d(clip[:, :, 0])
+    assert p.shape == (B, 1) and ((p > 0) & (p < 1)).all()
+
+
+def test_text_encoder_shapes_and_factoring() -> None:
+    te = text.TextEncoder(text.vocab_size(), text.token_roles(), dim=16)
+    ids = text.encode(PROMPTS)
+    assert ids.shape == (3, text.max_prompt_len()) and ids.dtype == torch.long
+    codes = te(ids)
+    assert codes.shape == (3, 3, 16)
+    # each code reads only its role's words: a held-out pair is a new combination of trained codes
+    a, b = te(text.encode(["purple square moving left", "purple circle expanding"]))
+    assert torch.allclose(a[0], b[0])  # same colour code
+    c, d = te(text.encode(["square moving left", "blue square moving left"]))
+    assert torch.allclose(c[1:], d[1:]) and not torch.allclose(c[0], d[0])  # no colour word -> the "none" colour code
+
+
+def test_unknown_word_is_a_clear_error() -> None:
+    with pytest.raises(vocab.VocabularyError, match="'hexagon'") as e:
+        text.encode(["red hexagon moving up"])
+    assert "circle" in str(e.value) and "red" in str(e.value)  # lists the known words
+
+
+def test_layered_generator_shapes_and_crops() -> None:
+    g = LayeredGenerator(T, S, z_dim=8, text_dim=16)
+    te = text.TextEncoder(text.vocab_size(), text.token_roles(), dim=16)
+    layers = g.layers(g.sample_noise(B), te(text.encode(PROMPTS)))
+    assert layers.fill.shape == (B, 3) and layers.contour.shape == (B, ANGLES)
+    assert layers.cx.shape == layers.cy.shape == layers.scale.shape == layers.angle.shape == (B, T)
+    full = g.render(layers)
+    assert full.shape == (B, 3, T, S, S) and full.min() >= -1 and full.max() <= 1
+    half = g.render(layers, S // 2)
+    assert half.shape == (B, 3, T, S // 2, S // 2)
+    assert (half - nn.functional.avg_pool3d(full, (1, 2, 2))).abs().mean() < 0.02  # coarse edges stay anti-aliased
+    frames = torch.tensor([[0, 3], [1, 7], [5, 5]])
+    crops, origin = g.crops(layers, frames, S // 2)
+    assert crops.shape == (B, 3, 2, S // 2, S // 2) and origin.shape == (B, 2, 2)
+    # rendering a window equals cutting it from the full render: real and fake windows are made alike
+    real_crops, real_origin = crop_real(full, frames, layers.cx, layers.cy, S // 2)
+    assert torch.equal(origin, real_origin) and torch.allclose(crops, real_crops, atol=1e-5)
+    c, v = g.views(g.sample_noise(B), te(text.encode(PROMPTS)), frames, S // 2, S // 2)
+    assert c.shape == crops.shape and v.shape == half.shape
+    assert g(g.sample_noise(B), te(text.encode(PROMPTS))).shape == (B, 3, T, S, S)
+
+
+def test_video_discriminator_shapes() -> None:
+    n_m = len(vocab.motion_names())
+    d = VideoDiscriminators(T, S, text.vocab_size(), n_m, width=8, frame_samples=2, feat=32)
+    crops, clip = torch.randn(B, 3, 2, S // 2, S // 2), torch.randn(B, 3, T, S // 2, S // 2)
+    h = d(crops, clip)
+    assert h["frame"].shape == (B * 2, 32) and h["video"].shape == h["track"].shape == (B, 32)
+    s = d.scores(h, text.encode(PROMPTS))
+    assert s["frame"].shape == (B * 2,) and s["video"].shape == s["track"].shape == (B,)
+    logits = d.logits(h)
+    assert logits["frame_color"].shape == (B * 2, len(vocab.COLORS))
+    assert logits["frame_shape"].shape == (B * 2, len(vocab.SHAPES))
+    assert logits["video_motion"].shape == logits["track_motion"].shape == (B, n_m)
+    assert logits["track_shape"].shape == (B, len(vocab.SHAPES))
+
+
+def test_ink_moments_read_position_size_and_symmetry() -> None:
+    """The track critic's features on rendered data clips: centre, size, and which k-fold symmetry is strong."""
+    from t2v.render import ClipSpec, render
+    clips = []
+    for shape in vocab.SHAPES:
+        clip, traj = render(ClipSpec(f"k-{shape}", "red", shape, "moving right", seed=0, frames=T, size=S))
+        clips.append(torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1)
+    clips = torch.stack(clips)
+    m = ink_moments(clips)  # (3, T, 9)
+    assert m.shape == (3, T, 9)
+    _, traj = render(ClipSpec("k-circle", "red", "circle", "moving right", seed=0, frames=T, size=S))
+    assert torch.allclose(m[0, :, 0], torch.tensor(traj.x / S * 2 - 1, dtype=torch.float32), atol=0.02)
+    frames = torch.arange(T).expand(3, T)
+    windows, origin = crop_real(clips, frames, m[:, :, 0], m[:, :, 1], S // 2)  # windows give the same statistics
+    assert torch.allclose(ink_moments(windows, origin, S), m, atol=5e-3)
+    assert (m[0, 1:, 0] > m[0, :-1, 0]).all()  # moving right
+    m3 = torch.hypot(m[..., 5], m[..., 6]).mean(1)
+    m4 = torch.hypot(m[..., 7], m[..., 8]).mean(1)
+    assert m3.argmax() == 2 and m4.argmax() == 1  # triangle: 3-fold, square: 4-fold
+
+
+@pytest.mark.parametrize("model", ["video", "baseline"])
+def test_sampler_round_trip(tmp_path, model: str) -> None:
+    spec = GeneratorSpec(model, T, S, z_dim=8, text_dim=16)
+    g, te = build_generator(spec)
+    out = export_generator(g, te, spec, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generator.pt", "text_encoder.pt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left behind
+    sampler = load_generator(out)
+    prompts = [*PROMPTS, "circle moving up-right"]  # a colourless, held-out prompt is fine
+    a, b, c = sampler.generate(prompts, seed=3), sampler.generate(prompts, seed=3), sampler.generate(prompts, seed=4)
+    assert a.dtype == np.uint8 and a.shape == (4, T, S, S, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    alone = sampler.generate(prompts[:2], seed=3, batch_size=1).astype(int)  # same noise whatever the batch
+    assert np.abs(alone - a[:2].astype(int)).max() <= 1  # (kernels may round a level apart)
+    with torch.no_grad():  # the loaded weights are the exported ones
+        for k, v in g.state_dict().items():
+            assert torch.equal(v, sampler.generator.state_dict()[k])
+    with pytest.raises(vocab.VocabularyError, match="'dancing'"):
+        sampler.generate(["red circle dancing"])
+
+
+def test_export_replaces_previous_export_whole(tmp_path) -> None:
+    spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16)
+    g1, te1 = build_generator(spec)
+    export_generator(g1, te1, spec, tmp_path / "export")
+    g2, te2 = build_generator(spec)
+    export_generator(g2, te2, spec, tmp_path / "export")
+    loaded = load_generator(tmp_path / "export").generator.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in g2.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="generator.pt"):
+        load_generator(tmp_path)

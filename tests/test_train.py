@@ -1,0 +1,141 @@
+"""Loader mixing, config profiles, a few real CPU steps of each model, checkpoint/resume, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from t2v import vocab
+from t2v.models import GeneratorSpec, build_generator
+from t2v.loader import dataset_info, make_loader, train_shards
+from t2v.sampler import load_generator
+from t2v.shards import DataParams, plan, write_shard
+from t2v.train import PROFILES, TrainConfig, TrainHooks, config_for, train
+
+MOTIONS = ("moving up", "bouncing vertically", "spinning clockwise")  # two held-out pairs among them
+TINY = dict(batch_size=4, num_workers=0, shuffle_buffer=16, z_dim=8, text_dim=16, width=8, log_every=1,
+            sample_every=2, ckpt_every=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Tiny real shards: 3 motions, 32x32, 8 frames, several shards per motion."""
+    root = tmp_path_factory.mktemp("data")
+    for s in plan(DataParams(motions=MOTIONS, clips_per_combo=3, val_per_combo=1, frames=8, size=32, shard_size=12)):
+        write_shard(root, s)
+    return root
+
+
+def test_batches_mix_motions_shapes_colours_and_read_train_only(data: Path) -> None:
+    assert all("/shards/train/" in str(p) for p in train_shards(data))
+    assert dataset_info(data).frames == 8 and dataset_info(data).size == 32
+    batch = next(iter(make_loader(data, 32, num_workers=1, shuffle_buffer=64, seed=1)))
+    assert batch["clips"].shape == (32, 3, 8, 32, 32) and batch["clips"].dtype == torch.uint8
+    assert batch["ids"].shape[0] == 32 and batch["centre"].shape == (32, 8, 2)
+    assert len(set(batch["motion"].tolist())) == len(MOTIONS)  # shards are grouped by motion, batches are not
+    assert len(set(batch["shape"].tolist())) == 3
+    assert len(set(batch["true_color"].tolist())) >= 4
+    assert all(k.startswith("train-") for k in batch["key"])  # never val or held-out clips
+    for p, m in zip(batch["prompt"], batch["motion"].tolist()):
+        assert vocab.parse_prompt(p).motion == vocab.motion_names()[m]
+
+
+def test_colour_dropout_gives_colourless_prompts(data: Path) -> None:
+    batch = next(iter(make_loader(data, 32, num_workers=0, shuffle_buffer=16, seed=0, color_dropout=0.5)))
+    dropped = [vocab.parse_prompt(p).color is None for p in batch["prompt"]]
+    assert 0 < sum(dropped) < 32
+    assert all((c == -1) == d for c, d in zip(batch["color"].tolist(), dropped))
+
+
+def test_profiles_and_overrides() -> None:
+    assert set(PROFILES) == {"cpu-demo", "gpu"}
+    cfg = config_for("gpu", max_steps="7", betas="0.1,0.9", compile="true")
+    assert cfg.max_steps == 7 and cfg.betas == (0.1, 0.9) and cfg.compile is True and cfg.profile == "gpu"
+    assert config_for("cpu-demo").model == "video" == TrainConfig().model
+    assert cfg.to_dict()["betas"] == [0.1, 0.9]
+    base = config_for("cpu-demo", model="baseline")  # the tutorial's optimiser and batch
+    assert (base.batch_size, base.lr_g, base.lr_d, base.betas) == (16, 2e-4, 2e-4, (0.5, 0.999))
+    assert config_for("cpu-demo", model="baseline", batch_size=8).batch_size == 8
+    with pytest.raises(ValueError, match="valid profiles: cpu-demo, gpu"):
+        config_for("tpu")
+    with pytest.raises(ValueError, match="unknown config field.*max_step.*valid fields: model"):
+        config_for("cpu-demo", max_step=3)
+    with pytest.raises(ValueError, match="valid models: video, baseline"):
+        config_for("cpu-demo", model="diffusion")
+    with pytest.raises(ValueError, match="batch_size must be int"):
+        config_for("cpu-demo", batch_size="many")
+
+
+@pytest.mark.parametrize("model", ["video", "baseline"])
+def test_few_steps_write_checkpoint_export_and_logs(data: Path, tmp_path: Path, model: str) -> None:
+    seen: dict[str, list] = {"metrics": [], "sample": [], "ckpt": []}
+    hooks = TrainHooks(on_metrics=lambda s, m: seen["metrics"].append((s, m)),
+                       on_sample=lambda s, g: seen["sample"].append((s, g)),
+                       on_checkpoint=lambda s, p: seen["ckpt"].append((s, p)))
+    cfg = config_for("cpu-demo", model=model, max_steps=3, **TINY)
+    res = train(cfg, data, tmp_path / "run", hooks)
+    assert res.step == 3 and res.resumed_from is None
+    assert res.checkpoint.is_file() and [s for s, _ in seen["ckpt"]] == [2, 3]
+    assert [s for s, _ in seen["metrics"]] == [1, 2, 3]
+    assert all(np.isfinite(v) for _, m in seen["metrics"] for v in m.values())
+    assert res.metrics["clips_per_s"] > 0 and "loss_d" in res.metrics and "loss_g" in res.metrics
+    step, grid = seen["sample"][0]
+    assert step == 2 and grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
+    ckpt = torch.load(res.checkpoint, weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["config"]["model"] == model
+    assert {"generator", "text_encoder", "discriminator"} <= set(ckpt["models"])
+    assert {"g", "d"} == set(ckpt["optim"]) and {"torch", "numpy", "python", "cuda"} == set(ckpt["rng"])
+    clips = load_generator(res.export_dir).generate(["purple square spinning clockwise", "circle moving up"], seed=0)
+    assert clips.shape == (2, 8, 32, 32, 3) and clips.dtype == np.uint8
+    if model == "baseline":  # defect 7 reproduced: the text embedding is in no optimiser, so it never moves
+        assert "generator_ema" not in ckpt["models"]
+        torch.manual_seed(cfg.seed)
+        _, fresh = build_generator(GeneratorSpec("baseline", 8, 32))
+        assert torch.equal(ckpt["models"]["text_encoder"]["embedding.weight"], fresh.embedding.weight)
+    else:
+        assert {"generator_ema", "text_encoder_ema"} <= set(ckpt["models"])
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_at_its_checkpoint(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = config_for("cpu-demo", model="video", max_steps=4, **TINY)
+
+    def crash(step: int, path: Path) -> None:
+        if step == 2:
+            raise Stop  # the process dies right after the step-2 checkpoint
+
+    with pytest.raises(Stop):
+        train(cfg, data, out, TrainHooks(on_checkpoint=crash))
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2
+
+    # same config, no steps left to run: the restored weights are exactly the checkpoint's
+    res = train(config_for("cpu-demo", model="video", max_steps=2, **TINY), data, out)
+    assert res.resumed_from == 2 and res.step == 2
+    exported = torch.load(res.export_dir / "generator.pt", weights_only=True)
+    for k, v in ckpt["models"]["generator_ema"].items():
+        assert torch.equal(exported[k], v)
+
+    # and it carries on from there
+    steps: list[int] = []
+    res = train(cfg, data, out, TrainHooks(on_metrics=lambda s, m: steps.append(s)))
+    assert res.resumed_from == 2 and res.step == 4 and steps == [3, 4]
+    assert torch.load(res.checkpoint, weights_only=True)["step"] == 4
+
+    # a different config in the same out_dir is refused before any work
+    with pytest.raises(ValueError, match="different config.*lr_g"):
+        train(config_for("cpu-demo", model="video", max_steps=6, lr_g=1e-4, **TINY), data, out)
+    assert torch.load(res.checkpoint, weights_only=True)["step"] == 4
+
+
+def test_no_shards_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no train shards"):
+        train(config_for("cpu-demo", max_steps=1, **TINY), tmp_path, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
