@@ -17,6 +17,7 @@ from prefect import flow
 from flows.data import data_stage
 from flows.evaluate import eval_stage
 from flows.train import train_stage
+from tasks.train import champion_export
 from t2v.shards import DataParams
 
 _D = DataParams()
@@ -48,13 +49,16 @@ def full_pipeline(
     force_eval: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Build or grow the dataset at `out`, train `model` with `profile` on it, evaluate the new
-    version against the champion and promote it if it is better. Returns each stage's summary."""
+    """Build or grow the dataset at `out`, train `model` with `profile` on it (from the champion's
+    weights with `warm_start`; a grown vocabulary keeps its old rows), evaluate the new version
+    against the champion and promote it if it is better. Returns each stage's summary."""
     data = data_stage(out=out, motions=motions, clips_per_combo=clips_per_combo, val_per_combo=val_per_combo,
                       frames=frames, size=size, seed=seed, workers=workers, force=force_data, progress=progress)
     overrides = dict(train_overrides or {})
-    if warm_start:
-        overrides.setdefault("init_from", "champion")
+    if warm_start and "init_from" not in overrides:
+        init = champion_export(data["root"])
+        if init:
+            overrides["init_from"] = init
     trained = train_stage(data=data["root"], model=model, profile=profile, max_steps=max_steps,
                           out=training_dir(data["root"], model, profile, data["checksum"]),
                           overrides=overrides, force=force_train, progress=progress)

@@ -67,6 +67,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 conv is slower)
     num_workers: int = 1  # DataLoader workers decoding PNGs: one keeps a 2-core CPU busy without starving training
     shuffle_buffer: int = 512  # samples held per worker for shuffling, on top of interleaving every shard
+    init_from: str = ""  # warm start: an export dir whose generator/text weights start a fresh run ("" = random init)
     threads: int = 0  # torch intra-op threads on CPU; 0 = one per core left after the loader workers (oversubscribed OpenMP stalls)
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,6 +260,42 @@ def build(cfg: TrainConfig, info: DatasetInfo, device: torch.device) -> Models:
 
 
 @torch.no_grad()
+def _copy_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy every tensor whose name matches; a tensor whose first dimension grew (a vocabulary that
+    gained words) gets its old rows. Returns how many tensors were copied."""
+    copied = 0
+    own = module.state_dict()
+    with torch.no_grad():
+        for name, src in state.items():
+            dst = own.get(name)
+            if dst is None or dst.dim() != src.dim() or dst.shape[1:] != src.shape[1:]:
+                continue
+            rows = min(dst.shape[0], src.shape[0]) if dst.dim() else None
+            if rows is None:
+                dst.copy_(src)
+            else:
+                dst[:rows].copy_(src[:rows])
+            copied += 1
+    return copied
+
+
+def warm_start(m: Models, export_dir: Path, device: torch.device) -> int:
+    """Start a fresh run from an exported generator (the champion): its generator and text encoder
+    weights go into G (and its EMA); the critics start from scratch. Returns tensors copied."""
+    files = {"generator.pt": [m.generator, m.generator_ema], "text_encoder.pt": [m.text_encoder, m.text_encoder_ema]}
+    copied = 0
+    for name, modules in files.items():
+        path = export_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from={str(export_dir)!r} is not a generator export: {name} is missing")
+        state = torch.load(path, map_location=device, weights_only=True)
+        for module in filter(None, modules):
+            copied += _copy_matching(module, state)
+    if copied == 0:
+        raise ValueError(f"init_from={str(export_dir)!r} shares no weights with model {m.spec}")
+    return copied
+
+
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, m in zip(ema.parameters(), model.parameters()):
         e.lerp_(m, 1.0 - decay)
@@ -565,6 +602,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
         restore(m, ckpt)
         step = resumed_from = int(ckpt["step"])
         del ckpt
+    elif cfg.init_from:
+        warm_start(m, Path(cfg.init_from), device)
 
     step_fn: VideoStep | BaselineStep = (VideoStep if cfg.model == "video" else BaselineStep)(cfg, m, device, step)
     metrics: dict[str, float] = {}

@@ -15,6 +15,8 @@ The loop lives in `t2v.train`; this module adds what a production run needs arou
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 
@@ -285,3 +287,29 @@ def cached_result_usable(result: Mapping[str, Any]) -> bool:
     except MlflowException:
         return False
     return True
+
+
+@task(name="champion-export", cache_policy=NO_CACHE, persist_result=False)
+def champion_export(out_root: str, registered_model: str = pyfunc_model.REGISTERED_MODEL) -> str | None:
+    """The champion's generator export, downloaded once to `<out_root>/runs/warm-start/v<N>`, for a
+    warm start (`init_from`); None when there is no champion yet."""
+    t = tracking.configure()
+    client = t.client()
+    try:
+        version = client.get_model_version_by_alias(registered_model, "champion").version
+    except MlflowException:
+        get_run_logger().info("no champion of %s yet: training from scratch", registered_model)
+        return None
+    dest = Path(out_root).absolute() / "runs" / "warm-start" / f"v{version}"
+    if not (dest / "generator.pt").is_file():
+        tmp = dest.parent / f".{dest.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{registered_model}/{version}", dst_path=str(tmp / "model"),
+            tracking_uri=t.tracking_uri))
+        shutil.copytree(local / "artifacts" / pyfunc_model.ARTIFACT_KEY, tmp / "export")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp / "export", dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+    get_run_logger().info("warm start from %s version %s (%s)", registered_model, version, dest)
+    return str(dest)
