@@ -9,7 +9,7 @@ video generator -- a content/motion split, composited like a layered GAN:
   frame_t = white * (1 - a_t) + fill * a_t,  a_t = anti-aliased inside of the posed contour
 The sprite is a learned star-shaped contour (log-radius as a Fourier series in the polar angle)
 rasterised analytically: no texture to fill with speckle, always one solid anti-aliased shape, so
-the critics only have to teach its outline.
+the critics only have to teach its outline; a concavity penalty keeps it out of lumpy-star minima.
 Each prompt part drives exactly one factor, so held-out pairs (purple square, circle moving
 up-right) are new combinations of factors that were each trained on other pairs.
 
@@ -128,7 +128,7 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, o))
 
 
-HARMONICS = 12  # Fourier terms of the contour: squares need multiples of 4, triangles of 3
+HARMONICS = tuple(range(1, 13))  # Fourier terms of the contour: squares need multiples of 4, triangles of 3
 ANGLES = 256  # the contour is tabulated at this many polar angles and interpolated per pixel
 RADIUS = 0.26  # initial circumradius in canvas units (13% of the side, mid-range of the data's 10-16%)
 POSE_RANGE = 0.85  # centres stay within this fraction of the canvas half-side
@@ -150,13 +150,24 @@ class Layers:
     angle: torch.Tensor  # (B, T) radians, clockwise on screen
 
 
-def fourier_basis(harmonics: int, angles: int) -> torch.Tensor:
-    """[1, cos k theta, sin k theta] at `angles` polar angles from -pi. # (angles, 1 + 2K)"""
+def fourier_basis(harmonics: tuple[int, ...], angles: int) -> torch.Tensor:
+    """[1, cos k theta, sin k theta for k in harmonics] at `angles` polar angles from -pi. # (angles, 1 + 2K)"""
     th = torch.arange(angles, dtype=torch.float64) * (2 * math.pi / angles) - math.pi
     cols = [torch.ones_like(th)]
-    for k in range(1, harmonics + 1):
+    for k in harmonics:
         cols += [torch.cos(k * th), torch.sin(k * th)]
     return torch.stack(cols, 1).float()
+
+
+def concavity(contour: torch.Tensor) -> torch.Tensor:
+    """How far a polar outline r(theta) is from convex: a curve is convex where
+    r^2 + 2 r'^2 - r r'' >= 0; the mean violation, scale-free. Corners (kinks outwards) are convex;
+    the dents between the lobes of a star are not. (B, N) -> scalar"""
+    step = 2 * math.pi / contour.shape[1]
+    nxt, prv = contour.roll(-1, 1), contour.roll(1, 1)
+    d1 = (nxt - prv) / (2 * step)
+    d2 = (nxt - 2 * contour + prv) / step ** 2
+    return F.relu(-(contour ** 2 + 2 * d1 ** 2 - contour * d2) / contour ** 2).mean()
 
 
 def pixel_centres(start: torch.Tensor, n: int, side: int) -> torch.Tensor:
@@ -205,7 +216,7 @@ class LayeredGenerator(nn.Module):
         super().__init__()
         self.frames, self.size, self.z_dim = frames, size, z_dim
         self.fill = _mlp(text_dim + z_dim, 128, 3)
-        self.contour = _mlp(text_dim, 128, 1 + 2 * HARMONICS)  # shape code only: a shape looks the same in any motion
+        self.contour = _mlp(text_dim, 128, 1 + 2 * len(HARMONICS))  # shape code only: a shape looks the same in any motion
         nn.init.zeros_(self.contour[-1].weight)  # start as a circle of radius `scale`
         nn.init.zeros_(self.contour[-1].bias)
         self.register_buffer("basis", fourier_basis(HARMONICS, ANGLES), persistent=False)
@@ -254,11 +265,12 @@ class LayeredGenerator(nn.Module):
         return composite(layers, frames, gx, gy, self.size), torch.stack([x0, y0], -1)
 
     def views(self, z: torch.Tensor, codes: torch.Tensor, frames: torch.Tensor, crop: int, res: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the critics see of a fake clip, rendered directly: full-resolution windows around the
-        shape in frames (B, K), and the whole clip at res x res. # (B, 3, K, c, c), (B, 3, T, res, res)"""
+        shape in frames (B, K), the whole clip at res x res, and the sprite's concavity (a prior).
+        # (B, 3, K, c, c), (B, 3, T, res, res), ()"""
         layers = self.layers(z, codes)
-        return self.crops(layers, frames, crop)[0], self.render(layers, res)
+        return self.crops(layers, frames, crop)[0], self.render(layers, res), concavity(layers.contour)
 
     def forward(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return self.render(self.layers(z, codes))

@@ -10,7 +10,6 @@ colour slot's "none" (any colour).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -77,10 +76,6 @@ def drop_color(prompt: str) -> str:
     """The prompt without its colour word (the vocabulary allows it: then any colour is valid)."""
     p = vocab.parse_prompt(prompt)
     return vocab.canonical_prompt(None, p.shape, p.motion)
-
-
-def maybe_drop_colors(prompts: list[str], p: float, rng: random.Random) -> list[str]:
-    return [drop_color(t) if rng.random() < p else t for t in prompts]
 
 
 class TextEncoder(nn.Module):

@@ -49,10 +49,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.99)  # low beta1, the usual GAN choice; beta2 0.99 reacts faster than 0.999
     ema_decay: float = 0.99  # short horizon: a 1.5k-step run must still let the EMA move
     ema_start: int = 100  # steps before the EMA starts averaging (it copies G until then)
-    r1_weight: float = 0.0  # R1 gradient penalty on real clips (0 = off; spectral norm already bounds D)
-    r1_every: int = 8  # lazy R1: pay the double backward once every N steps
+    r1_weight: float = 1.0  # R1 penalty on the pixel critics' real inputs: without it some seeds collapse into pale spiky shapes
+    r1_every: int = 4  # lazy R1: pay the double backward once every N steps (~10% of step time)
     aux_weight: float = 1.0  # AC-GAN classification heads (colour, shape, motion): fast prompt following
     mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
+    convex_weight: float = 1.0  # prior on G's sprite: penalise dents, the lumpy stars a seed in three got stuck in
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
@@ -440,7 +441,7 @@ class VideoStep:
         self.D.requires_grad_(True)
         m.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            fake_crops, fake_clip = self.views(z, self.TE(ids), fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
+            fake_crops, fake_clip, concave = self.views(z, self.TE(ids), fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
             h_r = self.D(real_crops, real_clip)
             h_f = self.D(fake_crops.detach(), fake_clip.detach())
             s_r, s_f, s_w = D.scores(h_r, ids), D.scores(h_f, ids), D.scores(h_r, ids_w)
@@ -471,7 +472,7 @@ class VideoStep:
             logits = D.logits(h)
             targets = self.aux_targets(lab, K, true_color=False)
             aux_g = sum(_ce(logits[k], targets[k]) for k in logits)
-            loss_g = adv_g + cfg.aux_weight * aux_g
+            loss_g = adv_g + cfg.aux_weight * aux_g + cfg.convex_weight * concave
         loss_g.backward()
         m.opt_g.step()
 
@@ -485,7 +486,7 @@ class VideoStep:
             acc.update({f"acc_real_{k}": (logits_r[k].argmax(1) == real_t[k]).float().mean()
                         for k in ("video_motion", "track_motion", "frame_shape")})
         out = {"loss_d": loss_d, "loss_g": loss_g, "adv_d": adv_d, "adv_g": adv_g, "aux_d": aux_d, "aux_g": aux_g,
-               "r1": r1, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
+               "r1": r1, "concavity": concave, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
                **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}, **acc}
         return {k: v.detach().float() for k, v in out.items()}  # tensors: no device sync until they are logged
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn as nn
 
 from t2v import text, vocab
 from t2v.models import (ANGLES, BaselineDiscriminator, BaselineGenerator, GeneratorSpec, LayeredGenerator,
-                        VideoDiscriminators, build_generator, count_parameters, crop_real, ink_moments)
+                        VideoDiscriminators, build_generator, concavity, count_parameters, crop_real, ink_moments)
 from t2v.sampler import export_generator, load_generator
 
 T, S, B = 8, 32, 3
@@ -79,9 +81,17 @@ def test_layered_generator_shapes_and_crops() -> None:
     # rendering a window equals cutting it from the full render: real and fake windows are made alike
     real_crops, real_origin = crop_real(full, frames, layers.cx, layers.cy, S // 2)
     assert torch.equal(origin, real_origin) and torch.allclose(crops, real_crops, atol=1e-5)
-    c, v = g.views(g.sample_noise(B), te(text.encode(PROMPTS)), frames, S // 2, S // 2)
-    assert c.shape == crops.shape and v.shape == half.shape
+    c, v, concave = g.views(g.sample_noise(B), te(text.encode(PROMPTS)), frames, S // 2, S // 2)
+    assert c.shape == crops.shape and v.shape == half.shape and concave.shape == ()
     assert g(g.sample_noise(B), te(text.encode(PROMPTS))).shape == (B, 3, T, S, S)
+
+
+def test_concavity_prior_spares_polygons_and_penalises_stars() -> None:
+    th = torch.arange(ANGLES) * (2 * math.pi / ANGLES) - math.pi
+    square = 1 / torch.stack([torch.cos(th - k * math.pi / 2) for k in range(4)]).max(0).values  # r = apothem / cos
+    star = torch.exp(0.3 * torch.cos(5 * th))
+    assert concavity(torch.ones(1, ANGLES)) == 0
+    assert concavity(square[None]) < 1e-3 < 0.5 < concavity(star[None])
 
 
 def test_video_discriminator_shapes() -> None:
