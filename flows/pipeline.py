@@ -9,6 +9,7 @@ cached, training resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,19 @@ from prefect import flow
 from flows.data import data_stage
 from flows.evaluate import eval_stage
 from flows.train import train_stage
-from tasks.train import champion_export
+from t2v import train as t2v_train
+from tasks.train import champion_export, config_key, model_code_version
 from t2v.shards import DataParams
 
 _D = DataParams()
 
 
-def training_dir(out: str, model: str, profile: str, checksum: str) -> str:
-    """One training dir per dataset version: a grown dataset trains afresh instead of resuming a finished run."""
-    return str(Path(out) / "runs" / f"{model}-{profile}-{checksum[:12]}")
+def training_dir(out: str, model: str, profile: str, checksum: str, overrides: dict[str, Any]) -> str:
+    """One training dir per (dataset version, config, model code): a grown dataset, a changed config
+    or new model code trains afresh, while the same ones resume (run-length fields aside)."""
+    cfg = t2v_train.config_for(profile, model=model, **overrides)
+    key = hashlib.sha256(f"{config_key(cfg)}|{model_code_version()}".encode()).hexdigest()[:8]
+    return str(Path(out) / "runs" / f"{model}-{profile}-{checksum[:12]}-{key}")
 
 
 @flow(name="full-pipeline", log_prints=True)
@@ -60,7 +65,8 @@ def full_pipeline(
         if init:
             overrides["init_from"] = init
     trained = train_stage(data=data["root"], model=model, profile=profile, max_steps=max_steps,
-                          out=training_dir(data["root"], model, profile, data["checksum"]),
+                          out=training_dir(data["root"], model, profile, data["checksum"],
+                                           {**overrides, **({"max_steps": max_steps} if max_steps else {})}),
                           overrides=overrides, force=force_train, progress=progress)
     evaluated = eval_stage(model=trained["model_uri"], data=data["root"], samples=eval_samples, force=force_eval)
     print(f"full-pipeline: {data['clips']} clips ({len(data['rendered'])} shards rendered), "
