@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ import torch.nn as nn
 
 from t2v import text, vocab
 from t2v.models import GeneratorSpec, build_generator
-from t2v.shards import atomic_write_bytes
+from t2v.shards import atomic_dir, atomic_write_bytes
 
 FILES = ("generator.pt", "text_encoder.pt", "config.json")
 
@@ -37,19 +34,10 @@ def export_generator(generator: nn.Module, text_encoder: nn.Module, spec: Genera
 
     The files go to a hidden sibling directory first, which is then renamed into place."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    old = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.old"
-    try:
+    with atomic_dir(out_dir) as tmp:
         atomic_write_bytes(tmp / "generator.pt", _state_bytes(generator))
         atomic_write_bytes(tmp / "text_encoder.pt", _state_bytes(text_encoder))
         atomic_write_bytes(tmp / "config.json", json.dumps(spec.to_dict(), indent=2).encode())
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

@@ -16,10 +16,12 @@ import io
 import json
 import math
 import os
+import shutil
 import struct
 import tarfile
 import uuid
 import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -209,6 +211,25 @@ def _tar_header(name: str, size: int) -> bytes:
     h[257:265] = b"ustar\x0000"
     h[148:155] = b"%06o\0" % sum(h)
     return bytes(h)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Build a directory under a hidden temporary name; on success it replaces `path` in one rename,
+    so readers see the old directory or the whole new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def tar_bytes(samples: list[dict[str, bytes]]) -> bytes:

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +35,7 @@ from prefect.tasks import Task
 import t2v
 from t2v import dataset, diversity, featnet, media, vocab
 from t2v import evaluate as ev
+from t2v.shards import atomic_dir
 from tasks import pyfunc_model, tracking
 
 RESULTS_DIR = ".cache/prefect-results"  # under <data>/eval: the cache lives and dies with the media it describes
@@ -220,13 +218,10 @@ def _slug(text: str) -> str:
 def write_media(out_dir: Path, evaluation: ev.Evaluation, fps: int = 8) -> dict[str, list[str]]:
     """A GIF and an MP4 per prompt (its samples side by side), a contact sheet (one row per prompt,
     first sample, one column per frame) and metrics.json, published as a whole directory at once."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    old = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.old"
     order = list(dict.fromkeys(evaluation.prompts))
     held = dict(zip(evaluation.prompts, evaluation.held_out))
     files: dict[str, list[str]] = {"gif": [], "mp4": [], "png": []}
-    try:
+    with atomic_dir(Path(out_dir)) as tmp:
         rows = []
         for p in order:
             idx = [i for i, q in enumerate(evaluation.prompts) if q == p]
@@ -240,13 +235,6 @@ def write_media(out_dir: Path, evaluation: ev.Evaluation, fps: int = 8) -> dict[
         media.write_contact_sheet(tmp / "contact_sheet.png", rows)
         files["png"].append("contact_sheet.png")
         (tmp / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=1, sort_keys=True))
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return files
 
 
