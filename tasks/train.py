@@ -15,8 +15,8 @@ The loop lives in `t2v.train`; this module adds what a production run needs arou
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
+import tempfile
 import json
 import sys
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ import t2v
 from t2v import dataset
 from t2v import train as t2v_train
 from t2v.loader import dataset_info
+from t2v.shards import atomic_dir
 from tasks import pyfunc_model, tracking
 
 RESULTS_DIR = ".cache/prefect-results"  # under the output dir: the cache lives and dies with the checkpoint
@@ -302,14 +303,12 @@ def champion_export(out_root: str, registered_model: str = pyfunc_model.REGISTER
         return None
     dest = Path(out_root).absolute() / "runs" / "warm-start" / f"v{version}"
     if not (dest / "generator.pt").is_file():
-        tmp = dest.parent / f".{dest.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{registered_model}/{version}", dst_path=str(tmp / "model"),
-            tracking_uri=t.tracking_uri))
-        shutil.copytree(local / "artifacts" / pyfunc_model.ARTIFACT_KEY, tmp / "export")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp / "export", dest)
-        shutil.rmtree(tmp, ignore_errors=True)
+        with tempfile.TemporaryDirectory() as dl, atomic_dir(dest) as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{registered_model}/{version}", dst_path=dl, tracking_uri=t.tracking_uri))
+            found = sorted((local / "artifacts").rglob("generator.pt"))  # MLflow names the folder after the export dir
+            if not found:
+                raise FileNotFoundError(f"{registered_model} version {version} holds no generator export")
+            shutil.copytree(found[0].parent, tmp, dirs_exist_ok=True)
     get_run_logger().info("warm start from %s version %s (%s)", registered_model, version, dest)
     return str(dest)

@@ -49,3 +49,36 @@ def test_init_from_must_be_an_export(tiny_data: Path, tmp_path: Path) -> None:
     cfg = t2v_train.config_for("cpu-demo", max_steps=1, batch_size=4, num_workers=0, init_from=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not a generator export"):
         t2v_train.train(cfg, tiny_data, tmp_path / "out")
+
+
+def test_champion_export_downloads_the_champions_generator(prefect_api: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from prefect import flow
+
+    from t2v.models import GeneratorSpec, build_generator
+    from t2v.sampler import export_generator, load_generator
+    from tasks import pyfunc_model, tracking
+    from tasks.train import champion_export
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    spec = GeneratorSpec("video", 8, 32)
+    export = export_generator(*build_generator(spec), spec, tmp_path / "export")
+    t = tracking.configure()
+    try:
+        with mlflow.start_run(experiment_id=t.experiment_id):
+            info = pyfunc_model.log_generator(export, 8, 32)
+        t.client().set_registered_model_alias(pyfunc_model.REGISTERED_MODEL, "champion", info.registered_model_version)
+
+        @flow
+        def fetch() -> str | None:
+            return champion_export(str(tmp_path / "data"))
+
+        got = Path(fetch())
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert got == tmp_path / "data" / "runs" / "warm-start" / f"v{info.registered_model_version}"
+    assert sorted(p.name for p in got.iterdir()) == ["config.json", "generator.pt", "text_encoder.pt"]
+    assert sorted(p.name for p in got.parent.iterdir()) == [got.name]  # no temporary directory left behind
+    assert all(torch.equal(a, b) for a, b in zip(load(export / "generator.pt").values(), load(got / "generator.pt").values()))
+    assert load_generator(got).generate(["red circle moving up"], seed=0).shape == (1, 8, 32, 32, 3)
