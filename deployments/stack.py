@@ -184,6 +184,17 @@ def down(cfg: StackConfig) -> list[str]:
     return [name for name in reversed(SERVICES) if stop(cfg, name)]
 
 
+def port(text: str) -> int:
+    """argparse type: a TCP port, checked before any process starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer in 1-65535, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 1-65535, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     d = StackConfig()
     ap = argparse.ArgumentParser(prog="python -m deployments.stack", description=__doc__,
@@ -192,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", type=Path, default=d.state, help=f"pid files and logs (default {d.state})")
     ap.add_argument("--data", type=Path, default=d.data, help=f"MLflow store, artifacts, datasets (default {d.data})")
     ap.add_argument("--host", default=os.environ.get("T2V_HOST", d.host), help="bind address (default 127.0.0.1)")
-    ap.add_argument("--prefect-port", type=int, default=int(os.environ.get("PREFECT_PORT", d.prefect_port)))
-    ap.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MLFLOW_PORT", d.mlflow_port)))
+    ap.add_argument("--prefect-port", type=port, default=int(os.environ.get("PREFECT_PORT", d.prefect_port)))
+    ap.add_argument("--mlflow-port", type=port, default=int(os.environ.get("MLFLOW_PORT", d.mlflow_port)))
     a = ap.parse_args(argv)
     cfg = StackConfig(a.state.resolve(), a.data.resolve(), a.host, a.prefect_port, a.mlflow_port)
     if a.action == "up":
