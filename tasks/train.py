@@ -243,6 +243,9 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
         hooks.done(result.step)
         if result.resumed_from is not None:
             mlflow.set_tag("resumed_from_step", str(result.resumed_from))
+        if result.selected_step is not None:  # which EMA weights were exported, and their train-prompt score
+            mlflow.set_tags({"selected_step": str(result.selected_step),
+                             "selected_train_all3": f"{result.selected_score:.4f}"})
         version, logged_uri = _register(t, run_id, result, cfg, info.frames, info.size, registered_model, tags)
         # a resume with nothing left to train logs no metrics: report the run's last ones instead
         metrics = result.metrics or {k: v for k, v in t.client().get_run(run_id).data.metrics.items()
@@ -253,7 +256,7 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
         "registered_model": registered_model, "model_version": version,
         "model_uri": f"models:/{registered_model}/{version}", "logged_model_uri": logged_uri,
         "checkpoint": str(result.checkpoint), "export_dir": str(result.export_dir), "step": result.step,
-        "resumed_from": result.resumed_from, "metrics": {k: float(v) for k, v in metrics.items()},
+        "resumed_from": result.resumed_from, "selected_step": result.selected_step, "metrics": {k: float(v) for k, v in metrics.items()},
         "model": cfg.model, "profile": cfg.profile, "manifest_checksum": manifest_checksum,
         "code_version": code_version, "tracking_uri": t.tracking_uri, "mlflow_ui": tracking.ui_command(t),
     }

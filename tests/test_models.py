@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from t2v import text, vocab
-from t2v.models import (ANGLES, BaselineDiscriminator, BaselineGenerator, GeneratorSpec, LayeredGenerator,
-                        VideoDiscriminators, build_generator, concavity, count_parameters, crop_real, ink_moments)
+from t2v.models import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, BaselineDiscriminator, BaselineGenerator,
+                        GeneratorSpec, LayeredGenerator, VideoDiscriminators, build_generator, concavity,
+                        count_parameters, crop_real, fourier_basis, ink_moments, track_features)
 from t2v.sampler import export_generator, load_generator
 
 T, S, B = 8, 32, 3
@@ -92,6 +93,41 @@ def test_concavity_prior_spares_polygons_and_penalises_stars() -> None:
     star = torch.exp(0.3 * torch.cos(5 * th))
     assert concavity(torch.ones(1, ANGLES)) == 0
     assert concavity(square[None]) < 1e-3 < 0.5 < concavity(star[None])
+
+
+def test_concavity_prior_judges_the_smoothed_outline_so_sharp_squares_cost_little() -> None:
+    """The generator's series is truncated at HARMONICS: its best square rings at the corners, which the
+    plain prior would punish like a star; the Lanczos-smoothed outline keeps the star's dents only."""
+    th = torch.arange(ANGLES, dtype=torch.float64) * (2 * math.pi / ANGLES) - math.pi
+    square = 1 / torch.stack([torch.cos(th - k * math.pi / 2) for k in range(4)]).max(0).values
+    coef = torch.linalg.lstsq(fourier_basis(HARMONICS, ANGLES).double(), torch.log(square)[:, None]).solution.float().T
+    star = torch.zeros_like(coef)
+    star[0, 2 * 5 - 1] = 0.3  # cos 5 theta
+    raw, smooth = fourier_basis(HARMONICS, ANGLES), fourier_basis(HARMONICS, ANGLES, lanczos=True)
+    assert concavity(torch.exp(coef @ raw.T)) > 0.3  # the truncated square, as rendered
+    assert concavity(torch.exp(coef @ smooth.T)) < 0.06 < 0.5 < concavity(torch.exp(star @ smooth.T))
+    g = LayeredGenerator(T, S, z_dim=8, text_dim=16)
+    layers = g.layers(torch.randn(B, 8), torch.randn(B, 3, 16))
+    assert layers.outline.shape == layers.contour.shape == (B, ANGLES)
+
+
+def test_track_features_read_spin_and_orbit_direction() -> None:
+    """The rates products of consecutive frames: clockwise and counter-clockwise give opposite signs."""
+    from t2v.render import ClipSpec, render
+
+    def feats(shape: str, motion: str) -> torch.Tensor:
+        clip, _ = render(ClipSpec("k", "red", shape, motion, seed=3, frames=T, size=S))
+        x = torch.from_numpy(clip).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+        f = track_features(ink_moments(x))
+        assert f.shape == (1, TRACK_PER_FRAME * T - TRACK_PER_STEP)
+        return f[0, 18 * T - 9:18 * T - 9 + 4 * (T - 1)].view(T - 1, 4)  # (T-1, [orbit, turn3, turn4, speed])
+
+    for shape, k in (("triangle", 1), ("square", 2)):
+        cw, ccw = feats(shape, "spinning clockwise"), feats(shape, "spinning counter-clockwise")
+        assert (cw[:, k] > 0).all() and (ccw[:, k] < 0).all()
+        assert cw[:, 3].max() < 0.5  # spinning in place: no speed
+    cw, ccw = feats("circle", "rotating clockwise"), feats("circle", "rotating counter-clockwise")
+    assert (cw[:, 0] > 0).all() and (ccw[:, 0] < 0).all() and (cw[:, 3] > 0.5).all()
 
 
 def test_video_discriminator_shapes() -> None:
