@@ -25,7 +25,7 @@ from t2v.shards import DataParams, plan, write_shard  # noqa: E402
 
 def measure(model: str, data: Path, out: Path, steps: int, device: str, profile: str) -> dict:
     cfg = t2v_train.config_for(profile, model=model, max_steps=steps, max_seconds=0.0, log_every=max(1, steps // 6),
-                               ckpt_every=10 * steps, sample_every=10 * steps, device=device)
+                               ckpt_every=10 * steps, sample_every=10 * steps, select_every=0, device=device)
     seen: list[dict[str, float]] = []
     hooks = t2v_train.TrainHooks(on_metrics=lambda step, m: seen.append({"step": step, **m}))
     t0 = time.perf_counter()

@@ -676,10 +676,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
             n_log += 1
             out_of_time = cfg.max_seconds > 0 and time.perf_counter() - t_start > cfg.max_seconds
             done = step >= cfg.max_steps or out_of_time
-            selected = {}
-            if cfg.select_every and (step % cfg.select_every == 0 or done):
-                selected = {"select_train_all3": select(step)}
-            if step % cfg.log_every == 0 or done or selected:
+            if step % cfg.log_every == 0 or done:
                 metrics = {k: float(v) for k, v in losses.items()}  # the only device sync
                 if not all(np.isfinite(v) for v in metrics.values()):
                     raise FloatingPointError(f"non-finite losses at step {step}: {metrics}; the last checkpoint "
@@ -687,10 +684,16 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
                 dt = time.perf_counter() - t_log
                 metrics = {**metrics, "clips_per_s": n_log * per_step / dt, "steps_per_s": n_log / dt,
                            "frames_per_s": n_log * per_step * info.frames / dt,
-                           "elapsed_s": time.perf_counter() - t_start, **selected}
+                           "elapsed_s": time.perf_counter() - t_start}
                 if hooks.on_metrics:
                     hooks.on_metrics(step, metrics)
                 t_log, n_log = time.perf_counter(), 0
+            if cfg.select_every and (step % cfg.select_every == 0 or done):
+                t_sel = time.perf_counter()
+                score = select(step)
+                if hooks.on_metrics:
+                    hooks.on_metrics(step, {"select_train_all3": score})
+                t_log += time.perf_counter() - t_sel  # the judge's second is not training throughput
             if step % cfg.sample_every == 0 or done:
                 if hooks.on_sample:
                     hooks.on_sample(step, sample_grid(*m.shipped(), device, cfg.seed))

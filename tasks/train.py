@@ -135,6 +135,9 @@ class _RunLogger:
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        self.logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        if "loss_d" not in metrics:  # a checkpoint-selection score: no progress to report
+            return
         pct = min(100.0, 100.0 * step / self.max_steps)
         update_progress_artifact(self.artifact, pct, description=(
             f"training: {step} / {self.max_steps} steps, loss_d {metrics.get('loss_d', float('nan')):.3f}, "
@@ -142,7 +145,6 @@ class _RunLogger:
         self.bar.n = step
         self.bar.set_postfix(loss_d=f"{metrics.get('loss_d', 0.0):.3f}", loss_g=f"{metrics.get('loss_g', 0.0):.3f}")
         self.bar.refresh()
-        self.logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def on_sample(self, step: int, grid: np.ndarray) -> None:
         mlflow.log_image(np.ascontiguousarray(grid, dtype=np.uint8), key="samples", step=step, synchronous=True)
