@@ -80,7 +80,8 @@ def test_few_steps_write_checkpoint_export_and_logs(data: Path, tmp_path: Path, 
     assert res.step == 3 and res.resumed_from is None
     assert res.checkpoint.is_file() and [s for s, _ in seen["ckpt"]] == [2, 3]
     assert [s for s, m in seen["metrics"] if "loss_d" in m] == [1, 2, 3]
-    assert [s for s, m in seen["metrics"] if "select_train_all3" in m] == [3]  # select_every 250: the last step
+    # select_every 250 judges the last step; the baseline ships its last generator, as the tutorial does
+    assert [s for s, m in seen["metrics"] if "select_train_all3" in m] == ([3] if model == "video" else [])
     assert all(np.isfinite(v) for _, m in seen["metrics"] for v in m.values())
     assert res.metrics["clips_per_s"] > 0 and "loss_d" in res.metrics and "loss_g" in res.metrics
     step, grid = seen["sample"][0]
