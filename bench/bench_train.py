@@ -34,7 +34,7 @@ def measure(model: str, data: Path, out: Path, steps: int, device: str, profile:
     steady = [m for m in seen[1:] if "clips_per_s" in m] or [m for m in seen if "clips_per_s" in m]
     clips_per_s = sum(m["clips_per_s"] for m in steady) / len(steady)
     return {"model": model, "device": device, "batch_size": cfg.batch_size, "steps": steps,
-            "clips_per_s": clips_per_s, "steps_per_s": clips_per_s / cfg.batch_size,
+            "clips_per_s": clips_per_s, "steps_per_s": sum(m["steps_per_s"] for m in steady) / len(steady),
             "frames_per_s": clips_per_s * 16, "wall_s_incl_startup": wall}
 
 
