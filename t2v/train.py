@@ -653,12 +653,10 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
     metrics: dict[str, float] = {}
     last_saved = step
     prompts = train_prompts(data_dir) if cfg.select_every else []
-    judged = -1  # last step select() saw
 
     def select(step: int) -> float:
         """Judge the shipped weights now; keep them if they beat the best so far (ties: the later step)."""
-        nonlocal best, judged
-        judged = step
+        nonlocal best
         score = prompt_accuracy(*m.shipped(), m.spec, prompts, device, cfg.seed)
         if not best or score >= best["score"]:
             best = {"step": step, "score": score, "weights": _snapshot(m.shipped())}
@@ -706,9 +704,9 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
                     hooks.on_checkpoint(step, ckpt_path)
             if done:
                 break
-        del work, batches, loader  # stops the workers
-    if cfg.select_every and judged != step and best.get("step", -1) < step:
-        select(step)  # a resumed run with nothing left to train whose checkpoint's step was never judged
+        del work, batches, loader  # stops the workers (the stream is endless: the loop always ends judged, at `done`)
+    elif cfg.select_every and best.get("step", -1) < step:
+        select(step)  # resumed with nothing left to train, from a checkpoint whose step was never judged
     if last_saved != step or not ckpt_path.is_file():
         save_checkpoint(ckpt_path, step, cfg, info, m, best)
     shipped = m.shipped()
