@@ -48,7 +48,7 @@ def data_stage(
         out, force=force,
     )
     specs = plan(req.params)
-    root = req.root
+    root = dataset.claim(req.root)
     if req.kept:
         print(f"keeping motions already in {root}: {', '.join(req.kept)}")
 

@@ -5,6 +5,10 @@ per shard with its sha256) and `dataset.json` (the parameters and motion spec ha
 with). The manifest files are published only after every shard verifies, each written to a
 temporary name and renamed into place. A run on an existing root with the same non-motion
 parameters keeps the motions already there, so adding a motion grows the dataset.
+
+The pipeline writes only into roots that are its own (a `.t2v-dataset` marker, written before the
+first shard, or a published `dataset.json`), and deletes only shard files that a previous manifest
+of the same root listed: a user's files next to a dataset are never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import inspect
 import io
 import json
 import os
+import re
+from glob import escape as glob_escape
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
@@ -30,7 +36,9 @@ from t2v.shards import DataParams, ShardInfo, ShardSpec
 MANIFEST = "manifest.parquet"
 SHARDS_TABLE = "shards.parquet"
 DATASET_JSON = "dataset.json"
+MARKER = ".t2v-dataset"  # claims a root for the pipeline before its first shard is written
 FORMAT = 1  # bump when the layout of the files above changes
+FILE_COUNT_CAP = 10_000  # counting the files of a foreign directory stops here
 
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -59,6 +67,10 @@ NON_MOTION_PARAMS = ("colors", "shapes", "clips_per_combo", "val_per_combo", "fr
 
 class DatasetMismatchError(ValueError):
     """The output dir holds a dataset built with different parameters."""
+
+
+class NotADatasetError(ValueError):
+    """The output dir holds files the pipeline did not write, or a dataset it cannot read."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,54 @@ def check_output_dir(out: str | os.PathLike[str], hint: str = "choose another --
         raise ValueError(f"output dir {str(path)!r} cannot be created: {str(parent)!r} is not writable; "
                          f"{hint}")
     return path
+
+
+def _count_files(root: Path, cap: int = FILE_COUNT_CAP) -> int:
+    n = 0
+    for _dir, _subdirs, files in os.walk(root):
+        n += len(files)
+        if n >= cap:
+            return cap
+    return n
+
+
+def check_dataset_dir(out: str | os.PathLike[str]) -> Path:
+    """`check_output_dir`, and the directory is new, empty, or a t2v dataset whose tables read back.
+
+    A non-empty directory without the marker or a `dataset.json` is someone else's: refused before
+    any work, since publishing prunes superseded shards. An unreadable dataset is refused the same
+    way rather than "repaired" by deleting.
+    """
+    root = check_output_dir(out)
+    if not root.is_dir():
+        return root
+    choose = "choose an empty or new --out"
+    if not (root / MARKER).is_file() and not (root / DATASET_JSON).is_file():
+        n = _count_files(root)
+        if n:
+            many = f"{n}+" if n >= FILE_COUNT_CAP else str(n)
+            raise NotADatasetError(f"{str(root)!r} exists and is not a t2v dataset (it holds {many} "
+                                   f"file{'s' if n != 1 else ''}); {choose}")
+        return root
+    for name, read in ((DATASET_JSON, read_dataset_json), (SHARDS_TABLE, load_shards)):
+        if (root / name).is_file():
+            try:
+                read(root)
+            except Exception as e:  # any parse failure: json, parquet, schema
+                raise NotADatasetError(f"{str(root)!r} exists and is not a t2v dataset ({name} is unreadable: "
+                                       f"{type(e).__name__}: {e}); {choose}") from e
+    return root
+
+
+def claim(root: str | os.PathLike[str]) -> Path:
+    """Mark `root` as the pipeline's (creating it) before the first shard lands, so a run killed before
+    its manifest is published can be rerun into the same root. Call after `validate_request`."""
+    root = Path(root)
+    if not (root / MARKER).is_file():
+        body = {"t2v": "dataset root", "format": FORMAT,
+                "note": "files under shards/ that this root's manifest lists are the pipeline's"}
+        sh.atomic_write_bytes(root / MARKER, (json.dumps(body, indent=2) + "\n").encode())
+    return root
 
 
 def canonical_params(p: DataParams) -> DataParams:
@@ -139,7 +199,7 @@ def validate_request(params: DataParams, out: str | os.PathLike[str], force: boo
     (and drops kept motions that are no longer registered).
     """
     p = canonical_params(params)
-    root = check_output_dir(out)
+    root = check_dataset_dir(out)
     reg = vocab.motions()
     requested = tuple(m for m in p.resolved_motions() if set(reg[m].shapes) & set(p.shapes))
     existing = read_dataset_json(root)
@@ -222,24 +282,38 @@ def publish(root: str | os.PathLike[str], params: DataParams, specs: list[ShardS
         "manifest_checksum": _checksum(infos),
         "counts": count_summary(manifest_table(specs).to_pandas()),
     }
+    previous = {i.path for i in load_shards(root)} if (root / SHARDS_TABLE).is_file() else set()
     sh.atomic_write_bytes(root / DATASET_JSON, (json.dumps(meta, indent=2) + "\n").encode())
     sh.atomic_write_bytes(root / SHARDS_TABLE, _parquet_bytes(shards_table(infos)))
     sh.atomic_write_bytes(root / MANIFEST, _parquet_bytes(manifest_table(specs)))
-    prune_unlisted(root, by_path)
+    prune_superseded(root, previous, set(by_path))
     return root / MANIFEST
 
 
-def prune_unlisted(root: Path, listed: Iterable[str]) -> list[str]:
-    """Remove shard files under `root/shards` that the manifest does not list, and temporary files a
-    killed writer left behind (every writer of this run has finished); returns their paths."""
-    listed = set(listed)
+_TMP_TAIL = re.compile(r"\.[0-9a-f]{8}\.tmp")  # what `atomic_write_bytes` appends to a hidden temp name
+
+
+def prune_superseded(root: Path, previous: set[str], listed: set[str]) -> list[str]:
+    """Remove the shards the previous manifest listed and this one does not, and the temporary files
+    a killed writer of one of those shards left behind; returns their paths.
+
+    Only files the pipeline provably wrote go: a file that no manifest of this root ever listed, or a
+    temporary name that is not a shard's, stays, whatever its name looks like.
+    """
     removed = []
-    for path in sorted((root / "shards").glob("*/*")):
-        rel = path.relative_to(root).as_posix()
-        stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
-        if path.is_file() and (stale_tmp or (path.name.endswith(sh.SHARD_SUFFIX) and rel not in listed)):
+    for rel in sorted(previous - listed):
+        path = root / rel
+        if path.is_file():
             path.unlink()
             removed.append(rel)
+    for rel in sorted(previous | listed):
+        shard = root / rel
+        if not shard.parent.is_dir():
+            continue
+        for tmp in shard.parent.glob(f".{glob_escape(shard.name)}.*.tmp"):
+            if _TMP_TAIL.fullmatch(tmp.name[len(shard.name) + 1:]) and tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp.relative_to(root).as_posix())
     return removed
 
 

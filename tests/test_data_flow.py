@@ -286,16 +286,25 @@ def test_manifest_checksum_follows_shard_content(tmp_path: Path) -> None:
         dataset.publish(tmp_path, params, specs, infos[1:])
 
 
-def test_publish_removes_unlisted_shards_and_stale_temp_files(tmp_path: Path) -> None:
+def test_publish_removes_superseded_shards_and_stale_temp_files(tmp_path: Path) -> None:
+    def infos_of(specs: list) -> list[ShardInfo]:
+        return [ShardInfo(s.path, s.motion, s.split, "0" * 64, len(s.clips), 1) for s in specs]
+
+    grown = plan(tiny_params(motions=["moving up", "bouncing vertically"]))
+    dataset.publish(tmp_path, tiny_params(motions=["moving up", "bouncing vertically"]), grown, infos_of(grown))
     params = tiny_params(motions=["moving up"])
     specs = plan(params)
-    infos = [ShardInfo(s.path, s.motion, s.split, "0" * 64, len(s.clips), 1) for s in specs]
-    orphan = tmp_path / "shards" / "train" / "dropped-motion-0000.tar.gz"
+    dropped = [s for s in grown if s.motion == "bouncing vertically"]
+    orphan = tmp_path / dropped[0].path  # listed by the previous manifest, not by the new one
     stale = tmp_path / "shards" / "train" / f".{Path(specs[0].path).name}.1234abcd.tmp"  # a killed writer's
-    for p in (orphan, stale):
+    foreign = [tmp_path / "shards" / "train" / "dropped-motion-0000.tar.gz",  # never listed: not ours
+               tmp_path / "shards" / "train" / ".keep.tmp"]
+    for p in (orphan, stale, *foreign):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"junk")
-    dataset.publish(tmp_path, params, specs, infos)
-    assert not orphan.exists() and not stale.exists()
+    dataset.publish(tmp_path, params, specs, infos_of(specs))
+    assert not orphan.exists()
+    assert not stale.exists()
+    assert all(p.read_bytes() == b"junk" for p in foreign)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.json", "manifest.parquet", "shards",
                                                           "shards.parquet"]
