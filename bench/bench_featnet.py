@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from t2v import featnet, vocab  # noqa: E402
+from t2v import dataset, featnet, vocab  # noqa: E402
 from t2v.evaluate import render_reference  # noqa: E402
-from t2v.shards import DataParams, plan, write_shard  # noqa: E402
+from t2v.shards import DataParams  # noqa: E402
 
 
 def main() -> None:
@@ -44,8 +44,7 @@ def main() -> None:
     if root is None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-featnet-"))
         root = tmp
-        for spec in plan(DataParams()):
-            write_shard(root, spec)
+        dataset.write_dataset(root, DataParams())
     try:
         cfg = featnet.FeatNetConfig()
         t0 = time.perf_counter()

@@ -19,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from t2v import dataset  # noqa: E402
 from t2v import train as t2v_train  # noqa: E402
-from t2v.shards import DataParams, plan, write_shard  # noqa: E402
+from t2v.shards import DataParams  # noqa: E402
 
 
 def measure(model: str, data: Path, out: Path, steps: int, device: str, profile: str) -> dict:
@@ -48,8 +49,7 @@ def main() -> None:
     profile = args.profile or ("gpu" if args.device.startswith("cuda") else "cpu-demo")
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "data"
-        for shard in plan(DataParams(clips_per_combo=8, val_per_combo=1)):
-            write_shard(data, shard)
+        dataset.write_dataset(data, DataParams(clips_per_combo=8, val_per_combo=1))
         rows = [measure(m, data, Path(d) / m, args.steps, args.device, profile) for m in ("baseline", "video")]
     report = {"machine": {"cpus": os.cpu_count(), "device": args.device}, "profile": profile, "rows": rows,
               "ratio_video_vs_baseline_clips_per_s": rows[1]["clips_per_s"] / rows[0]["clips_per_s"]}

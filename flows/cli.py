@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -194,7 +195,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.overrides)
     try:  # the flow validates again; doing it here first keeps bad input fast and free of Prefect
-        prepare(args.data, args.model, args.profile, args.max_steps, args.out, overrides)
+        prepare(args.data, args.model, args.profile, args.max_steps, args.out, overrides, args.experiment)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
@@ -400,9 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SPAWNING = ("data", "train", "evaluate", "pipeline", "demo")  # commands that start servers or worker processes
+PREFECT_DEFAULTS = {  # the project's Prefect settings, whoever starts the command (a user's own env wins)
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no network here, and no telemetry errors in the output
+    "PREFECT_SERVER_TELEMETRY_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # the default 20 s fails on a busy laptop
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point `t2v`: returns the exit status (0 ok, 1 failed run, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    if args.command in SPAWNING:
+        for key, value in PREFECT_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        from flows import watchdog
+
+        watchdog.start()  # a SIGKILL of this command takes its Prefect server and workers with it
     try:
         return args.handler(args)
     except UsageError as e:

@@ -30,7 +30,7 @@ def train_stage(
     the task's summary (run id, registered version, model URI, checkpoint, step, metrics) plus
     `cached`.
     """
-    req = prepare(data, model, profile, max_steps, out, overrides)
+    req = prepare(data, model, profile, max_steps, out, overrides, experiment)
     inputs = train_inputs(req, experiment, progress=progress)
     state = train_task(req.out_dir, refresh=force)(**inputs, return_state=True)
     result = state.result()

@@ -38,6 +38,7 @@ SHARDS_TABLE = "shards.parquet"
 DATASET_JSON = "dataset.json"
 MARKER = ".t2v-dataset"  # claims a root for the pipeline before its first shard is written
 FORMAT = 1  # bump when the layout of the files above changes
+SAMPLE_KEYS = ("clip.png", "prompt.txt", "meta.json")  # what `shards.encode_sample` writes: the contract
 FILE_COUNT_CAP = 10_000  # counting the files of a foreign directory stops here
 
 MANIFEST_SCHEMA = pa.schema([
@@ -333,9 +334,68 @@ def load_shards(root: str | os.PathLike[str]) -> list[ShardInfo]:
     return [ShardInfo(**r) for r in pq.read_table(path).to_pylist()]
 
 
-def shard_urls(root: str | os.PathLike[str], split: str) -> list[str]:
-    """Absolute paths of one split's shards, for `webdataset.WebDataset`."""
-    return [str(Path(root) / i.path) for i in load_shards(root) if i.split == split]
+class ShardIntegrityError(ValueError):
+    """A listed shard is missing or its bytes are not the ones the manifest published."""
+
+
+def shard_urls(root: str | os.PathLike[str], split: str, verify: bool = True) -> list[str]:
+    """Absolute paths of the shards the published manifest lists for one split, for `webdataset`.
+
+    Exactly those: a file dropped into `shards/<split>/` is never read, so a run's manifest checksum
+    names all it trained or was judged on. With `verify`, each shard's sha256 is checked against the
+    manifest first (about 1 s per 500 MB).
+    """
+    root = Path(root)
+    if not (root / SHARDS_TABLE).is_file():
+        raise FileNotFoundError(f"no {split} shards under {str(root)!r}: it has no published manifest "
+                                f"({SHARDS_TABLE}); build a dataset first with `t2v data --out {root}`")
+    infos = [i for i in load_shards(root) if i.split == split]
+    if not infos:
+        raise FileNotFoundError(f"no {split} shards under {str(root)!r}: its manifest lists none "
+                                f"(expected shards/{split}/<motion>-NNNN{sh.SHARD_SUFFIX})")
+    if verify:
+        bad = []
+        for i in infos:
+            path = root / i.path
+            if not path.is_file():
+                bad.append(f"{i.path} is missing")
+            elif (digest := sh.sha256_file(path)) != i.sha256:
+                bad.append(f"{i.path} has sha256 {digest[:12]}, the manifest {i.sha256[:12]}")
+        if bad:
+            raise ShardIntegrityError(f"{len(bad)} {split} shard(s) of {str(root)!r} differ from its manifest: "
+                                      f"{'; '.join(bad[:5])}; rerun `t2v data --out {root}` with the same "
+                                      f"parameters to rebuild them")
+    return [str(root / i.path) for i in infos]
+
+
+def contract_sample(sample: dict) -> dict:
+    """Only the members the shard contract names (and webdataset's `__key__`/`__url__`): anything else
+    in a tar, a `.pyd` pickle say, is dropped before a decoder sees it."""
+    return {k: v for k, v in sample.items() if k in SAMPLE_KEYS or k.startswith("__")}
+
+
+def geometry(root: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(frames, height, width) of the dataset's clips, from its manifest (no shard is opened)."""
+    m = pq.read_table(Path(root) / MANIFEST, columns=["frames", "height", "width"]) if (
+        Path(root) / MANIFEST).is_file() else None
+    if m is None or m.num_rows == 0:
+        raise FileNotFoundError(f"no train shards under {str(root)!r}: it has no published manifest ({MANIFEST}); "
+                                f"build a dataset first with `t2v data --out {root}`")
+    sizes = set(zip(*(m.column(c).to_pylist() for c in ("frames", "height", "width"))))
+    if len(sizes) != 1:
+        raise ValueError(f"dataset {str(root)!r} mixes clip geometries {sorted(sizes)}")
+    return sizes.pop()
+
+
+def write_dataset(root: str | os.PathLike[str], params: DataParams) -> list[ShardInfo]:
+    """Plan, render and publish a whole dataset in this process: the data stage's bytes without Prefect
+    (tests, notebooks). Validation, marker and pruning as in the flow."""
+    req = validate_request(params, root, force=True)
+    claim(req.root)
+    specs = sh.plan(req.params)
+    infos = [sh.write_shard(req.root, s) for s in specs]
+    publish(req.root, req.params, specs, infos)
+    return infos
 
 
 def count_summary(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:

@@ -12,7 +12,6 @@ Reads shards with the stock webdataset reader; never imports prefect or mlflow.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import math
@@ -170,20 +169,6 @@ def prepare(clips: np.ndarray, cfg: FeatNetConfig) -> Inputs:
     return Inputs(downsample(clips, cfg.coarse), follow_crop(clips, cfg.crop_side(clips.shape[2])))
 
 
-def shard_urls(root: Path | str, split: str) -> list[str]:
-    """One split's shards: those the published manifest lists, else every shard file of the split."""
-    root = Path(root)
-    from t2v import dataset
-
-    if (root / dataset.SHARDS_TABLE).is_file():
-        urls = sorted(dataset.shard_urls(root, split))
-    else:
-        urls = sorted(glob.glob(str(root / "shards" / split / "*.tar.gz")))
-    if not urls:
-        raise FileNotFoundError(f"no {split} shards under {root / 'shards' / split}; render the dataset first (t2v data)")
-    return urls
-
-
 def iter_split(root: Path | str, split: str, limit: int | None = None, seed: int = 0,
                chunk: int = 256) -> Iterator[tuple[np.ndarray, list[dict]]]:
     """Chunks of (clips (n, T, H, W, 3) uint8, their meta.json dicts) of one split, via stock webdataset.
@@ -194,13 +179,15 @@ def iter_split(root: Path | str, split: str, limit: int | None = None, seed: int
     """
     import webdataset as wds
 
-    urls = shard_urls(root, split)
+    from t2v import dataset
+
+    urls = dataset.shard_urls(root, split)  # the manifest's shards, sha256-checked
     keep: set[str] | None = None
     if limit is not None:
         keys = sorted(s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False))
         if limit < len(keys):
             keep = {keys[i] for i in np.random.default_rng(seed).choice(len(keys), limit, replace=False)}
-    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(dataset.contract_sample)
     if keep is not None:
         ds = ds.select(lambda s: s["__key__"] in keep)
     clips, metas = [], []

@@ -1,4 +1,4 @@
-"""Streaming training batches from `shards/train/*.tar.gz` with stock webdataset.
+"""Streaming training batches from the manifest's train shards with stock webdataset.
 
 Shards are grouped by motion, so reading them one after another would give batches of one motion.
 Every worker therefore opens *all* train shards as endless per-shard streams and interleaves them
@@ -6,7 +6,11 @@ at random (`wds.RandomMix`, weighted by shard size), then shuffles in a buffer, 
 batches. One explicit pipeline:
 
   per shard: ResampledShards([url]) -> tarfile_to_samples      (endless, one stream per shard)
-  RandomMix(streams, probs=bytes) -> shuffle(buffer) -> decode("rgb8") -> map(example) -> batched(B)
+  RandomMix(streams, probs=bytes) -> shuffle(buffer) -> map(contract_sample) -> decode("rgb8")
+  -> map(example) -> batched(B)
+
+Only the shards `shards.parquet` lists are read, each checked against its sha256 before the first
+batch, and only the contract's members (`clip.png`, `prompt.txt`, `meta.json`) reach a decoder.
 
 Batches carry clips as uint8 (B, 3, T, H, W) (4x less to move between processes and to the GPU
 than floats); `to_model` turns them into floats in [-1, 1] on the training device. Only the train
@@ -26,19 +30,15 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from t2v import text, vocab
+from t2v import dataset, text, vocab
 
 SPLIT = "train"
 
 
-def train_shards(data_dir: Path) -> list[Path]:
-    """The train split's shards, sorted; a clear error when there are none."""
-    root = Path(data_dir) / "shards" / SPLIT
-    shards = sorted(root.glob("*.tar.gz"))
-    if not shards:
-        raise FileNotFoundError(f"no train shards under {root} (expected shards/train/<motion>-NNNN.tar.gz; "
-                                f"build a dataset first)")
-    return shards
+def train_shards(data_dir: Path, verify: bool = False) -> list[Path]:
+    """The train shards the published manifest lists (nothing else under `shards/train`); with
+    `verify`, each checked against its sha256 first. A clear error when there are none."""
+    return [Path(u) for u in dataset.shard_urls(data_dir, SPLIT, verify=verify)]
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,11 @@ class DatasetInfo:
 
 
 def dataset_info(data_dir: Path) -> DatasetInfo:
-    """Clip geometry, read from the first train sample's meta.json."""
-    url = str(train_shards(data_dir)[0])
-    sample = next(iter(wds.WebDataset(url, shardshuffle=False).decode()))
-    meta = sample["meta.json"]
-    if meta["height"] != meta["width"]:
-        raise ValueError(f"clips must be square, got {meta['height']}x{meta['width']}")
-    return DatasetInfo(int(meta["frames"]), int(meta["height"]))
+    """Clip geometry, read from the manifest."""
+    frames, height, width = dataset.geometry(data_dir)
+    if height != width:
+        raise ValueError(f"clips must be square, got {height}x{width}")
+    return DatasetInfo(int(frames), int(height))
 
 
 def _example(sample: dict[str, Any], color_dropout: float, rng: random.Random) -> dict[str, Any]:
@@ -97,7 +95,7 @@ class TrainStream(IterableDataset):
     def __init__(self, data_dir: Path, batch_size: int, shuffle_buffer: int = 512, seed: int = 0,
                  color_dropout: float = 0.0) -> None:
         super().__init__()
-        self.urls = [str(p) for p in train_shards(data_dir)]
+        self.urls = [str(p) for p in train_shards(data_dir, verify=True)]  # once, before the first batch
         self.weights = [Path(u).stat().st_size for u in self.urls]  # bytes ~ samples: big shards drawn more
         self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
         self.color_dropout = color_dropout
@@ -111,6 +109,7 @@ class TrainStream(IterableDataset):
         return wds.DataPipeline(
             wds.RandomMix(streams, probs=self.weights),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng) if self.shuffle_buffer else wds.map(lambda s: s),
+            wds.map(dataset.contract_sample),
             wds.decode("rgb8"),
             wds.map(partial(_example, color_dropout=self.color_dropout, rng=random.Random(seed + 1))),
             wds.batched(self.batch_size, collation_fn=collate, partial=False),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import json
 import os
 import random
 import time
@@ -25,10 +24,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import webdataset as wds
 
 from t2v import dataset, judge, text, vocab
-from t2v.loader import DatasetInfo, dataset_info, make_loader, to_model, train_shards
+from t2v.loader import DatasetInfo, dataset_info, make_loader, to_model
 from t2v.models import (BASELINE_NOISE, BaselineDiscriminator, GeneratorSpec, VideoDiscriminators,
                         build_generator, crop_real)
 from t2v.sampler import Sampler, export_generator
@@ -144,7 +142,7 @@ def validate(cfg: TrainConfig) -> None:
                  "width", "frame_samples", "r1_every"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)!r}")
-    for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every"):
+    for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every", "seed"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     for name in ("lr_g", "lr_d"):
@@ -289,16 +287,24 @@ def _copy_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> int:
     return copied
 
 
+EXPORT_WEIGHTS = ("generator.pt", "text_encoder.pt")  # what a warm start reads from an export
+
+
+def check_export(export_dir: Path) -> None:
+    """FileNotFoundError naming `init_from` unless it holds a generator export's weights."""
+    for name in EXPORT_WEIGHTS:
+        if not (Path(export_dir) / name).is_file():
+            raise FileNotFoundError(f"init_from={str(export_dir)!r} is not a generator export: {name} is missing")
+
+
 def warm_start(m: Models, export_dir: Path, device: torch.device) -> int:
     """Start a fresh run from an exported generator (the champion): its generator and text encoder
     weights go into G (and its EMA); the critics start from scratch. Returns tensors copied."""
     files = {"generator.pt": [m.generator, m.generator_ema], "text_encoder.pt": [m.text_encoder, m.text_encoder_ema]}
+    check_export(export_dir)
     copied = 0
     for name, modules in files.items():
-        path = export_dir / name
-        if not path.is_file():
-            raise FileNotFoundError(f"init_from={str(export_dir)!r} is not a generator export: {name} is missing")
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(export_dir / name, map_location=device, weights_only=True)
         for module in filter(None, modules):
             copied += _copy_matching(module, state)
     if copied == 0:
@@ -581,12 +587,9 @@ def sample_grid(generator: nn.Module, text_encoder: nn.Module, device: torch.dev
 
 def train_prompts(data_dir: Path) -> list[str]:
     """The distinct prompts of the train split: selection judges these only, so held-out prompts never
-    steer which weights ship. From the manifest, or from the shards' meta.json when there is none."""
-    if (Path(data_dir) / dataset.MANIFEST).is_file():
-        m = dataset.load_manifest(data_dir)
-        return sorted(set(m.loc[m["split"] == "train", "prompt"]))
-    stream = wds.WebDataset([str(p) for p in train_shards(data_dir)], shardshuffle=False)
-    return sorted({json.loads(s["meta.json"])["prompt"] for s in stream})
+    steer which weights ship. From the manifest."""
+    m = dataset.load_manifest(data_dir)
+    return sorted(set(m.loc[m["split"] == "train", "prompt"]))
 
 
 def prompt_accuracy(generator: nn.Module, text_encoder: nn.Module, spec: GeneratorSpec, prompts: list[str],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +27,12 @@ from t2v.shards import atomic_write_bytes
 DEFAULT_EXPERIMENT = "t2v"
 RUN_RECORD = "mlflow_run.json"
 CHECKPOINT_TAG = "checkpoint.step"  # set on a run each time its training writes a checkpoint
+OWNER_TAG = "t2v.owner"  # host:pid:start-time of the process training the run
+KILLED_TAG = "t2v.killed"  # why a later training marked this run KILLED
+# A dead tracking server fails a call after ~30 s (4 retries, backoff 2, 4, 8, 16 s; 10 s per attempt)
+# instead of MLflow's ~4 min per call; set any of them in the environment to override.
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def repo_root() -> Path:
@@ -88,6 +95,8 @@ def configure(experiment: str = DEFAULT_EXPERIMENT, uri: str | None = None) -> T
     called at the start of every task that logs, never at import.
     """
     uri = uri or tracking_uri()
+    for key, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(key, value)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -185,3 +194,68 @@ def resumable_run_id(t: Tracking, out_dir: Path, training_key: str, has_checkpoi
     if not has_checkpoint and CHECKPOINT_TAG in run.data.tags:
         return None
     return run.info.run_id
+
+
+class TrainingInProgressError(RuntimeError):
+    """Another live process is training into the same run."""
+
+
+def owner_id(pid: int | None = None) -> str:
+    """This process (or `pid`) as `host:pid:start-time`: unique even when pids are reused."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process named by `owner_id` still runs; None when it ran on another host."""
+    import psutil
+
+    try:
+        host, pid, _started = owner.rsplit(":", 2)
+        if host != socket.gethostname():
+            return None
+        return owner_id(int(pid)) == owner
+    except (psutil.Error, ValueError):
+        return False
+
+
+def mark_orphans_killed(t: Tracking) -> list[str]:
+    """Runs of the experiment left RUNNING by a training process of this host that is gone (SIGKILL,
+    power loss) are set KILLED, so the UI stops showing them as live; returns their ids."""
+    client = t.client()
+    killed = []
+    for run in client.search_runs([t.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        owner = run.data.tags.get(OWNER_TAG)
+        if owner and owner_alive(owner) is False:
+            client.set_tag(run.info.run_id, KILLED_TAG,
+                           f"process {owner} is gone; last checkpoint at step {run.data.tags.get(CHECKPOINT_TAG, 'none')}")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+    return killed
+
+
+def claim_run(t: Tracking, run_id: str | None) -> None:
+    """Refuse to continue a run that a live process other than this one is still training."""
+    if run_id is None:
+        return
+    run = t.client().get_run(run_id)
+    owner = run.data.tags.get(OWNER_TAG)
+    if run.info.status == "RUNNING" and owner and owner != owner_id() and owner_alive(owner) is not False:
+        raise TrainingInProgressError(f"MLflow run {run_id} is being trained by process {owner}; wait for it to "
+                                      f"finish or stop it, then rerun")
+
+
+class TrackingUnreachableError(RuntimeError):
+    """The tracking server stopped answering; what was trained is in the checkpoint."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is MLflow giving up on a server that does not answer."""
+    while exc is not None:
+        if isinstance(exc, MlflowException) and "API request to" in str(exc) and "failed with" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -42,7 +42,8 @@ from tasks import pyfunc_model, tracking
 RESULTS_DIR = ".cache/prefect-results"  # under the output dir: the cache lives and dies with the checkpoint
 CODE_FILES = ("models.py", "train.py", "text.py", "sampler.py", "loader.py")  # what decides the trained weights
 SET_BY_PARAMETER = ("model", "profile")  # TrainConfig fields that have their own flow/CLI parameter
-NOT_RETRIED = (ValueError, TypeError, FileNotFoundError)  # bad input or a mismatched out dir: a retry fails again
+NOT_RETRIED = (ValueError, TypeError, FileNotFoundError,  # bad input or a mismatched out dir: a retry fails again
+               tracking.TrainingInProgressError, tracking.TrackingUnreachableError)
 
 
 def model_code_version() -> str:
@@ -77,14 +78,18 @@ class TrainRequest:
 
 
 def prepare(data: str | Path, model: str = "video", profile: str = "cpu-demo", max_steps: int | None = None,
-            out: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainRequest:
+            out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+            experiment: str = tracking.DEFAULT_EXPERIMENT) -> TrainRequest:
     """Every check of a training request, before any directory, MLflow run or Prefect task exists.
 
     Raises ValueError / FileNotFoundError naming the bad value and the valid choices: a dataset dir
-    without `manifest.parquet`, an unknown model, profile or config field, a bad value, or an output
-    dir whose checkpoint belongs to another config or dataset.
+    without `manifest.parquet`, an unknown model, profile or config field, a bad value, a device that
+    is not there, an `init_from` that is not an export, an empty experiment name, or an output dir
+    whose checkpoint belongs to another config or dataset.
     """
     overrides = dict(overrides or {})
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ValueError(f"experiment must be a non-empty MLflow experiment name, got {experiment!r}")
     data_dir = Path(data).expanduser().absolute()
     manifest = data_dir / dataset.MANIFEST
     if not manifest.is_file():
@@ -102,6 +107,9 @@ def prepare(data: str | Path, model: str = "video", profile: str = "cpu-demo", m
             raise ValueError(f"max_steps given twice: {max_steps} and override {overrides['max_steps']!r}")
         overrides["max_steps"] = max_steps
     cfg = t2v_train.config_for(profile, model=model, **overrides)  # unknown fields / bad values -> ValueError
+    t2v_train.resolve_device(cfg.device)  # device=cuda without CUDA -> ValueError
+    if cfg.init_from:
+        t2v_train.check_export(Path(cfg.init_from))
     info = dataset_info(data_dir)  # no train shards -> FileNotFoundError naming the dir
     checksum = dataset.manifest_checksum(data_dir)
     out_dir = dataset.check_output_dir(out if out is not None else default_out(data_dir, model, profile))
@@ -125,15 +133,18 @@ def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
 class _RunLogger:
     """The TrainHooks of one training: metrics, sample grids and checkpoints to MLflow and Prefect."""
 
-    def __init__(self, run_id: str, client: mlflow.MlflowClient, max_steps: int, progress: bool) -> None:
+    def __init__(self, run_id: str, client: mlflow.MlflowClient, max_steps: int, progress: bool,
+                 reached: dict[str, int | None]) -> None:
         from tqdm import tqdm
 
         self.run_id, self.client, self.max_steps = run_id, client, max_steps
+        self.reached = reached  # {"step", "checkpoint"}: where training got, for the unreachable-store message
         self.logger = get_run_logger()
         self.artifact = create_progress_artifact(0.0, description=f"training: 0 / {max_steps} steps")
         self.bar = tqdm(total=max_steps, desc="train", unit="step", disable=not progress, file=sys.stderr)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.reached["step"] = step
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
         self.logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if "loss_d" not in metrics:  # a checkpoint-selection score: no progress to report
@@ -150,6 +161,7 @@ class _RunLogger:
         mlflow.log_image(np.ascontiguousarray(grid, dtype=np.uint8), key="samples", step=step, synchronous=True)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
+        self.reached["checkpoint"] = step
         self.client.set_tag(self.run_id, tracking.CHECKPOINT_TAG, str(step))
         self.logger.info("checkpoint at step %d: %s", step, path)
 
@@ -213,45 +225,59 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
     logger = get_run_logger()
     cfg = t2v_train.config_for(config["profile"], **{k: v for k, v in config.items() if k != "profile"})
     out = Path(out_dir)
-    t = tracking.configure(experiment, tracking_uri)
-    info = dataset_info(Path(data_dir))
-    key = config_key(cfg)
-    has_ckpt = (out / "checkpoints" / t2v_train.CKPT_NAME).is_file()
-    run_id = tracking.resumable_run_id(t, out, key, has_ckpt)
-    tags = {"model": cfg.model, "profile": cfg.profile, "dataset.manifest_checksum": manifest_checksum,
-            "code_version": code_version}
-    run_tags = {**tags, "prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id),
-                "data_dir": str(data_dir), "out_dir": str(out)}
-    system_metrics = tracking.system_metrics_available()
-    if not system_metrics:
-        logger.warning("psutil is not installed: MLflow system metrics are off for this run")
+    reached: dict[str, int | None] = {"step": None, "checkpoint": None}
+    try:
+        t = tracking.configure(experiment, tracking_uri)
+        info = dataset_info(Path(data_dir))
+        key = config_key(cfg)
+        has_ckpt = (out / "checkpoints" / t2v_train.CKPT_NAME).is_file()
+        for killed in tracking.mark_orphans_killed(t):
+            logger.warning("MLflow run %s was left RUNNING by a training process that is gone: marked KILLED", killed)
+        run_id = tracking.resumable_run_id(t, out, key, has_ckpt)
+        tracking.claim_run(t, run_id)
+        tags = {"model": cfg.model, "profile": cfg.profile, "dataset.manifest_checksum": manifest_checksum,
+                "code_version": code_version}
+        run_tags = {**tags, "prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id),
+                    "data_dir": str(data_dir), "out_dir": str(out), tracking.OWNER_TAG: tracking.owner_id()}
+        system_metrics = tracking.system_metrics_available()
+        if not system_metrics:
+            logger.warning("psutil is not installed: MLflow system metrics are off for this run")
 
-    with mlflow.start_run(run_id=run_id, experiment_id=t.experiment_id, run_name=f"{cfg.model}-{cfg.profile}",
-                          tags=run_tags, log_system_metrics=system_metrics) as run:
-        run_id = run.info.run_id
-        tracking.write_run_record(out, {"run_id": run_id, "tracking_uri": t.tracking_uri,
-                                        "experiment_id": t.experiment_id, "training_key": key,
-                                        "manifest_checksum": manifest_checksum})
-        changed = tracking.log_params_once(t.client(), run_id, {
-            **tracking.flatten_params(cfg.to_dict()), "data.frames": str(info.frames), "data.size": str(info.size)})
-        logger.info("MLflow run %s (%s)%s", run_id, tracking.run_link(t, run_id),
-                    f"; changed on resume: {changed}" if changed else "")
+        with mlflow.start_run(run_id=run_id, experiment_id=t.experiment_id, run_name=f"{cfg.model}-{cfg.profile}",
+                              tags=run_tags, log_system_metrics=system_metrics) as run:
+            run_id = run.info.run_id
+            tracking.write_run_record(out, {"run_id": run_id, "tracking_uri": t.tracking_uri,
+                                            "experiment_id": t.experiment_id, "training_key": key,
+                                            "manifest_checksum": manifest_checksum})
+            changed = tracking.log_params_once(t.client(), run_id, {
+                **tracking.flatten_params(cfg.to_dict()), "data.frames": str(info.frames), "data.size": str(info.size)})
+            logger.info("MLflow run %s (%s)%s", run_id, tracking.run_link(t, run_id),
+                        f"; changed on resume: {changed}" if changed else "")
 
-        hooks = _RunLogger(run_id, t.client(), cfg.max_steps, progress)
-        try:
-            result = t2v_train.train(cfg, Path(data_dir), out, hooks.hooks())
-        finally:
-            hooks.bar.close()
-        hooks.done(result.step)
-        if result.resumed_from is not None:
-            mlflow.set_tag("resumed_from_step", str(result.resumed_from))
-        if result.selected_step is not None:  # which EMA weights were exported, and their train-prompt score
-            mlflow.set_tags({"selected_step": str(result.selected_step),
-                             "selected_train_all3": f"{result.selected_score:.4f}"})
-        version, logged_uri = _register(t, run_id, result, cfg, info.frames, info.size, registered_model, tags)
-        # a resume with nothing left to train logs no metrics: report the run's last ones instead
-        metrics = result.metrics or {k: v for k, v in t.client().get_run(run_id).data.metrics.items()
-                                     if not k.startswith("system/")}
+            hooks = _RunLogger(run_id, t.client(), cfg.max_steps, progress, reached)
+            try:
+                result = t2v_train.train(cfg, Path(data_dir), out, hooks.hooks())
+            finally:
+                hooks.bar.close()
+            hooks.done(result.step)
+            if result.resumed_from is not None:
+                mlflow.set_tag("resumed_from_step", str(result.resumed_from))
+            if result.selected_step is not None:  # which EMA weights were exported, and their train-prompt score
+                mlflow.set_tags({"selected_step": str(result.selected_step),
+                                 "selected_train_all3": f"{result.selected_score:.4f}"})
+            version, logged_uri = _register(t, run_id, result, cfg, info.frames, info.size, registered_model, tags)
+            # a resume with nothing left to train logs no metrics: report the run's last ones instead
+            metrics = result.metrics or {k: v for k, v in t.client().get_run(run_id).data.metrics.items()
+                                         if not k.startswith("system/")}
+    except Exception as e:
+        if not tracking.unreachable(e):
+            raise
+        kept = (f"checkpoint at step {reached['checkpoint']} kept" if reached["checkpoint"] is not None
+                else "no checkpoint written yet")
+        where = (f"training stopped at step {reached['step']}, {kept}" if reached["step"] is not None
+                 else "training had not started")
+        raise tracking.TrackingUnreachableError(
+            f"MLflow at {tracking_uri} is unreachable; {where} in {out}; rerun the same command to resume") from e
 
     summary = {
         "run_id": run_id, "experiment_id": t.experiment_id, "run_link": tracking.run_link(t, run_id),

@@ -11,7 +11,8 @@ import pytest
 from t2v import diversity as dv
 from t2v import featnet, vocab
 from t2v.render import ClipSpec, render
-from t2v.shards import DataParams, plan, write_shard
+from t2v import dataset
+from t2v.shards import DataParams
 
 MOTIONS = ("moving up", "rotating clockwise")
 PARAMS = DataParams(motions=MOTIONS, clips_per_combo=6, val_per_combo=2, frames=8, size=32)
@@ -20,8 +21,7 @@ PARAMS = DataParams(motions=MOTIONS, clips_per_combo=6, val_per_combo=2, frames=
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("diversity-data")
-    for spec in plan(PARAMS):
-        write_shard(root, spec)
+    dataset.write_dataset(root, PARAMS)
     return root
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from t2v import diversity, featnet, vocab
 from t2v import evaluate as ev
-from t2v.shards import DataParams, plan, write_shard
+from t2v import dataset
+from t2v.shards import DataParams
 
 MOTIONS = ("moving up", "moving up-right", "rotating clockwise")
 PARAMS = DataParams(motions=MOTIONS, clips_per_combo=16, val_per_combo=1, frames=8, size=32)
@@ -23,8 +24,7 @@ CFG = ev.EvalConfig(samples=3, seen_prompts=6)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("eval-data")
-    for spec in plan(PARAMS):
-        write_shard(root, spec)
+    dataset.write_dataset(root, PARAMS)
     clf = featnet.fit_from_shards(root, featnet.FeatNetConfig(epochs=8))
     prompts = ev.prompt_set(PARAMS.colors, PARAMS.shapes, MOTIONS, PARAMS.frames, PARAMS.size, CFG)
     return {"root": root, "clf": clf, "bank": diversity.train_bank(root), "prompts": prompts}

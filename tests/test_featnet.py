@@ -13,7 +13,8 @@ import torch
 from t2v import featnet as fn
 from t2v import judge, vocab
 from t2v.render import ClipSpec, render
-from t2v.shards import DataParams, plan, write_shard
+from t2v import dataset
+from t2v.shards import DataParams
 
 MOTIONS = ("moving up", "moving right", "bouncing vertically", "rotating clockwise")
 # 32 px, 8 frames, 24 clips per seen combination: ~1.2k train clips, trains in ~12 s on one core.
@@ -24,8 +25,7 @@ CFG = fn.FeatNetConfig(epochs=10)
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("featnet-data")
-    for spec in plan(PARAMS):
-        write_shard(root, spec)
+    dataset.write_dataset(root, PARAMS)
     return root
 
 

@@ -59,3 +59,296 @@ def test_empty_and_marked_directories_are_accepted(tmp_path: Path) -> None:
     dataset.claim(tmp_path / "empty")
     assert dataset.validate_request(params, tmp_path / "empty").root == tmp_path / "empty"
     assert (tmp_path / "empty" / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- 3. what training reads
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from t2v.shards import DataParams
+
+    root = tmp_path_factory.mktemp("hostile") / "data"
+    dataset.write_dataset(root, DataParams(motions=("moving up", "moving right"), colors=("red", "blue"),
+                                           clips_per_combo=3, val_per_combo=1, frames=8, size=32, shard_size=4))
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(tiny, tmp_path / "data")
+    return tmp_path / "data"
+
+
+def _extra_shard(root: Path, split: str, members: dict[str, bytes]) -> Path:
+    from t2v.shards import tar_bytes
+
+    path = root / "shards" / split / "moving-up-9999.tar.gz"
+    path.write_bytes(tar_bytes([{"__key__": "intruder-0000", **members}]))
+    return path
+
+
+def _rewrite_listed(root: Path, rel: str, data: bytes) -> None:
+    """Replace a listed shard and republish its sha256, as someone who can write the manifest would."""
+    import hashlib
+    from dataclasses import replace
+
+    import pyarrow.parquet as pq
+
+    (root / rel).write_bytes(data)
+    infos = [replace(i, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data)) if i.path == rel else i
+             for i in dataset.load_shards(root)]
+    pq.write_table(dataset.shards_table(infos), root / dataset.SHARDS_TABLE)
+
+
+def _train_keys(root: Path, batches: int = 6) -> set[str]:
+    from t2v.loader import make_loader
+
+    it = iter(make_loader(root, 8, num_workers=0, shuffle_buffer=8, seed=0))
+    return {k for _ in range(batches) for k in next(it)["key"]}
+
+
+def test_a_shard_dropped_into_train_is_never_read(tiny_copy: Path) -> None:
+    from t2v import featnet
+    from t2v.loader import train_shards
+    from t2v.shards import iter_shard
+
+    sample = next(iter_shard(tiny_copy / dataset.load_shards(tiny_copy)[0].path))
+    members = {k: v for k, v in sample.items() if k != "__key__"}
+    extra = _extra_shard(tiny_copy, "train", members)
+    assert extra not in train_shards(tiny_copy)
+    assert "intruder-0000" not in _train_keys(tiny_copy, batches=20)
+    _extra_shard(tiny_copy, "val", members)
+    keys = {m["key"] for _, metas in featnet.iter_split(tiny_copy, "val") for m in metas}
+    assert keys and "intruder-0000" not in keys
+
+
+def test_a_changed_shard_stops_training_before_the_first_batch(tiny_copy: Path) -> None:
+    from t2v.loader import make_loader
+
+    rel = next(i.path for i in dataset.load_shards(tiny_copy) if i.split == "train")
+    (tiny_copy / rel).write_bytes((tiny_copy / rel).read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(dataset.ShardIntegrityError, match=rf"{rel} has sha256 .* the manifest"):
+        make_loader(tiny_copy, 8, num_workers=0)
+
+
+def test_members_outside_the_contract_are_never_decoded(tiny_copy: Path, tmp_path: Path) -> None:
+    import pickle
+
+    from t2v import featnet
+    from t2v.shards import iter_shard, tar_bytes
+
+    witness = tmp_path / "pickle-ran"
+
+    class Payload:
+        def __reduce__(self):  # unpickling this creates the witness file
+            return (open, (str(witness), "w"))
+
+    for split in ("train", "val"):
+        rel = next(i.path for i in dataset.load_shards(tiny_copy) if i.split == split)
+        samples = [{**s, "extra.pyd": pickle.dumps(Payload())} for s in iter_shard(tiny_copy / rel)]
+        _rewrite_listed(tiny_copy, rel, tar_bytes(samples))
+    assert _train_keys(tiny_copy, batches=6)
+    assert sum(len(m) for _, m in featnet.iter_split(tiny_copy, "val")) > 0
+    assert not witness.exists()
+
+
+# ----------------------------------------------------------------------------- 4. what a killed or failed command leaves
+
+TINY_SETS = ["--set", "batch_size=4", "--set", "num_workers=1", "--set", "shuffle_buffer=8", "--set", "z_dim=8",
+             "--set", "text_dim=16", "--set", "width=8", "--set", "log_every=1", "--set", "sample_every=1000",
+             "--set", "ckpt_every=2", "--set", "select_every=0"]
+
+BLOCKING_PLUGIN = '''
+"""Test motion: once laid out, blocks (up to 5 minutes) while HOLD exists, so the command can be killed mid-work."""
+import os
+import time
+import numpy as np
+from t2v.vocab import Trajectory, register_motion
+
+HOLD = {hold!r}
+STARTED = {started!r}
+
+
+@register_motion("hovering")
+def hovering(rng, p):
+    open(STARTED, "a").close()
+    deadline = time.monotonic() + 300
+    while os.path.exists(HOLD) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return Trajectory(np.full(p.frames, p.size / 2), np.full(p.frames, p.size / 2), np.full(p.frames, p.radius),
+                      np.zeros(p.frames))
+'''
+
+
+def command_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A user's shell: no Prefect server configured (so the command starts its own), its own stores."""
+    import os
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_", "T2V_"))}
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **extra}
+
+
+def start_command(args: list[str], env: dict[str, str], log: Path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_for(predicate: Callable[[], bool], proc, log: Path, timeout: float = 240.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"command ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting; log:\n{log.read_text()[-3000:]}"
+        time.sleep(0.3)
+
+
+def kill_and_check_nothing_survives(proc) -> None:
+    import signal
+
+    import psutil
+
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert family, "the command had started no process: nothing was tested"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=45)
+    survivors = [(p.pid, p.cmdline()) for p in alive if p.is_running()]
+    for p in alive:
+        p.kill()
+    assert survivors == []
+
+
+def test_sigkill_of_data_takes_its_server_and_workers_with_it(tmp_path: Path) -> None:
+    import os
+
+    pkg = tmp_path / "plugins"
+    pkg.mkdir()
+    hold, started = tmp_path / "hold", tmp_path / "started"
+    hold.touch()
+    (pkg / "t2v_hover_plugin.py").write_text(BLOCKING_PLUGIN.format(hold=str(hold), started=str(started)))
+    env = command_env(tmp_path, T2V_MOTION_PLUGINS="t2v_hover_plugin")
+    env["PYTHONPATH"] = os.pathsep.join([str(pkg), env["PYTHONPATH"]])
+    log = tmp_path / "data.log"
+    proc = start_command(["data", "--out", str(tmp_path / "d"), "--clips-per-combo", "1", "--val-per-combo", "1",
+                          "--motions", "hovering", "--colors", "red", "--workers", "2", "--no-progress"], env, log)
+    wait_for(started.exists, proc, log)
+    kill_and_check_nothing_survives(proc)
+
+
+def test_sigkill_of_train_leaves_no_process_and_the_next_training_marks_its_run_killed(
+        tiny: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    env = command_env(tmp_path)
+    out = tmp_path / "run"
+    log = tmp_path / "train.log"
+    proc = start_command(["train", "--data", str(tiny), "--out", str(out), "--max-steps", "100000",
+                          "--no-progress", *TINY_SETS], env, log)
+    ckpt = out / "checkpoints" / "last.pt"
+    wait_for(ckpt.exists, proc, log)
+    kill_and_check_nothing_survives(proc)
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("t2v").experiment_id])
+    assert run.info.status == "RUNNING"  # what the kill left
+
+    import torch
+
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
+    proc = start_command(["train", "--data", str(tiny), "--out", str(out), "--max-steps", str(step + 2),
+                          "--no-progress", *TINY_SETS], env, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    after = client.get_run(run.info.run_id)
+    assert "is gone" in after.data.tags["t2v.killed"]
+    assert after.data.tags["resumed_from_step"] == str(step)
+    assert after.info.status == "FINISHED"  # the resume continued the same run to its end
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    pytest.param(["--set", "device=cuda"], "CUDA is not available", id="cuda-without-cuda",
+                 marks=pytest.mark.skipif(_cuda_available(), reason="this machine has CUDA: device=cuda is valid")),
+    pytest.param(["--set", "seed=-1"], "seed must be >= 0", id="negative-seed"),
+    pytest.param(["--set", "init_from=/nonexistent/export"], "is not a generator export", id="init-from-missing"),
+    pytest.param(["--experiment", ""], "experiment must be a non-empty", id="empty-experiment"),
+])
+def test_late_rejections_are_usage_errors_that_leave_no_run_and_no_dir(
+        t2v_cli: Callable, tiny: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+    out = tmp_path / "run"
+    db = tmp_path / "mlflow.db"
+    proc = t2v_cli("train", "--data", str(tiny), "--out", str(out), "--max-steps", "2", *TINY_SETS, *args,
+                   env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr
+    assert not out.exists()
+    assert not db.exists()  # no store was even opened, so no FAILED run in it
+
+
+def test_a_dead_tracking_server_fails_training_within_two_minutes_keeping_the_checkpoint(
+        tiny: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from deployments.stack import free_port
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(tmp_path / "artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        env = command_env(tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+        out, log = tmp_path / "run", tmp_path / "train.log"
+        import urllib.request
+
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(up, server, log, timeout=120)
+        proc = start_command(["train", "--data", str(tiny), "--out", str(out), "--max-steps", "100000",
+                              "--no-progress", *TINY_SETS], env, log)
+        wait_for((out / "checkpoints" / "last.pt").exists, proc, log)
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=300)
+        took = time.monotonic() - t0
+    finally:
+        import os
+        import signal
+
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = log.read_text()
+    assert rc == 1, text[-3000:]
+    assert f"MLflow at http://127.0.0.1:{port} is unreachable" in text
+    assert "checkpoint at step" in text and "rerun the same command to resume" in text
+    assert took < 150, f"training took {took:.0f} s to give up on a dead tracking server"
+    assert (out / "checkpoints" / "last.pt").is_file()

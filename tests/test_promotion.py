@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from t2v import dataset
-from t2v.shards import DataParams, plan, write_shard
+from t2v.shards import DataParams
 from tasks import pyfunc_model, tracking
 
 NAME = pyfunc_model.REGISTERED_MODEL
@@ -52,8 +52,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the model loads i
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("promotion")
     root = tmp / "data"
-    specs = plan(PARAMS)
-    dataset.publish(root, PARAMS, specs, [write_shard(root, s) for s in specs])
+    dataset.write_dataset(root, PARAMS)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri

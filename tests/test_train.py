@@ -12,7 +12,8 @@ from t2v import vocab
 from t2v.models import GeneratorSpec, build_generator
 from t2v.loader import dataset_info, make_loader, train_shards
 from t2v.sampler import load_generator
-from t2v.shards import DataParams, plan, write_shard
+from t2v import dataset
+from t2v.shards import DataParams
 from t2v.train import PROFILES, TrainConfig, TrainHooks, config_for, train
 
 MOTIONS = ("moving up", "bouncing vertically", "spinning clockwise")  # two held-out pairs among them
@@ -24,8 +25,8 @@ TINY = dict(batch_size=4, num_workers=0, shuffle_buffer=16, z_dim=8, text_dim=16
 def data(tmp_path_factory) -> Path:
     """Tiny real shards: 3 motions, 32x32, 8 frames, several shards per motion."""
     root = tmp_path_factory.mktemp("data")
-    for s in plan(DataParams(motions=MOTIONS, clips_per_combo=3, val_per_combo=1, frames=8, size=32, shard_size=12)):
-        write_shard(root, s)
+    dataset.write_dataset(root, DataParams(motions=MOTIONS, clips_per_combo=3, val_per_combo=1, frames=8, size=32,
+                                           shard_size=12))
     return root
 
 

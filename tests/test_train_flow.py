@@ -14,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 
 from t2v import dataset
-from t2v.shards import DataParams, plan, write_shard
+from t2v.shards import DataParams
 from t2v.train import config_for
 from tasks import tracking
 from tasks.train import model_code_version, prepare
@@ -32,8 +32,7 @@ REGISTERED = "t2v-generator"
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train-data") / "data"
-    specs = plan(TINY_DATA)
-    dataset.publish(root, TINY_DATA, specs, [write_shard(root, s) for s in specs])
+    dataset.write_dataset(root, TINY_DATA)
     return root
 
 

@@ -9,16 +9,16 @@ import torch
 import torch.nn as nn
 
 from t2v import train as t2v_train
-from t2v.shards import DataParams, plan, write_shard
+from t2v import dataset
+from t2v.shards import DataParams
 from t2v.train import _copy_matching
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("warm") / "data"
-    for shard in plan(DataParams(motions=("moving up", "moving right"), clips_per_combo=2, val_per_combo=1,
-                                 frames=8, size=32)):
-        write_shard(root, shard)
+    dataset.write_dataset(root, DataParams(motions=("moving up", "moving right"), clips_per_combo=2, val_per_combo=1,
+                                           frames=8, size=32))
     return root
 
 
