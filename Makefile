@@ -28,7 +28,9 @@ bench: install
 
 # Local operations stack: Prefect server, MLflow server, deployments served (127.0.0.1 by default).
 # Ports and bind address: make up PREFECT_PORT=4300 MLFLOW_PORT=5300 HOST=127.0.0.1
-STACK_ARGS = $(if $(PREFECT_PORT),--prefect-port $(PREFECT_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(HOST),--host $(HOST))
+# Auth: the Prefect API needs basic auth unless PREFECT_AUTH=0; MLFLOW_AUTH=1 runs MLflow's basic-auth app.
+STACK_ARGS = $(if $(PREFECT_PORT),--prefect-port $(PREFECT_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(HOST),--host $(HOST)) \
+             $(if $(filter 0,$(PREFECT_AUTH)),--no-prefect-auth) $(if $(filter 1,$(MLFLOW_AUTH)),--mlflow-auth)
 up: install
 	$(BIN)/python -m deployments.stack up $(STACK_ARGS)
 

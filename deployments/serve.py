@@ -6,7 +6,8 @@
 
 Runs flows in subprocesses of this one against the Prefect server in PREFECT_API_URL (the server
 runs the scheduler; the ephemeral one does not). Motions added through T2V_MOTION_PLUGINS are
-visible to every run.
+visible to every run. A run's `out`/`data` parameters must resolve inside --data (T2V_DATA_ROOT):
+anyone who can create a flow run chooses its parameters, not which directories it may touch.
 
 Usage: python -m deployments.serve [--data DIR] [--cron "0 2 * * *"] [--timezone UTC] [--dry-run]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"name": f"{d.flow_name}/{d.name}", "parameters": d.parameters,
                               "schedules": [str(s.schedule) for s in (d.schedules or [])]}, default=str))
         return 0
+    from t2v import dataset
+
+    os.environ[dataset.ROOT_ENV] = str(a.data.resolve())  # every run of these deployments: out/data inside it
     serve(*deployments)
     return 0
 

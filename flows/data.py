@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow
@@ -36,6 +37,7 @@ def data_stage(
     Returns {root, manifest, counts, checksum, rendered, cached, kept_motions}; `rendered`/`cached`
     list shard paths by what their task runs did.
     """
+    dataset.confine(os.environ.get(dataset.ROOT_ENV), out=out)
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     req = dataset.validate_request(

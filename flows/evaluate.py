@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow
+
+from t2v import dataset
 
 from t2v.evaluate import EvalConfig
 from tasks.evaluate import (EvalRequest, ModelRef, cached_result_usable, client_for, current_champion,
@@ -30,6 +33,7 @@ def eval_stage(
     champion. `force` evaluates again even on a cache hit. Returns the model's metrics, media paths,
     MLflow run link, the decision and `champion_version`.
     """
+    dataset.confine(os.environ.get(dataset.ROOT_ENV), data=data)
     req = prepare(model, data, samples, seen_prompts, seed)
     net = ensure_featnet(str(req.data_dir), req.manifest_checksum)
     result = _evaluate(req, req.model, net, force)

@@ -9,11 +9,14 @@ cached, training resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import os
 import hashlib
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
+
+from t2v import dataset
 
 from flows.data import data_stage
 from flows.evaluate import eval_stage
@@ -57,6 +60,7 @@ def full_pipeline(
     """Build or grow the dataset at `out`, train `model` with `profile` on it (from the champion's
     weights with `warm_start`; a grown vocabulary keeps its old rows), evaluate the new version
     against the champion and promote it if it is better. Returns each stage's summary."""
+    dataset.confine(os.environ.get(dataset.ROOT_ENV), out=out)
     data = data_stage(out=out, motions=motions, clips_per_combo=clips_per_combo, val_per_combo=val_per_combo,
                       frames=frames, size=size, seed=seed, workers=workers, force=force_data, progress=progress)
     overrides = dict(train_overrides or {})

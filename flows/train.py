@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow
+
+from t2v import dataset
 
 from tasks import tracking
 from tasks.train import cached_result_usable, prepare, train_inputs, train_task
@@ -30,6 +33,7 @@ def train_stage(
     the task's summary (run id, registered version, model URI, checkpoint, step, metrics) plus
     `cached`.
     """
+    dataset.confine(os.environ.get(dataset.ROOT_ENV), data=data, out=out)
     req = prepare(data, model, profile, max_steps, out, overrides, experiment)
     inputs = train_inputs(req, experiment, progress=progress)
     state = train_task(req.out_dir, refresh=force)(**inputs, return_state=True)

@@ -39,7 +39,8 @@ DATASET_JSON = "dataset.json"
 MARKER = ".t2v-dataset"  # claims a root for the pipeline before its first shard is written
 FORMAT = 1  # bump when the layout of the files above changes
 SAMPLE_KEYS = ("clip.png", "prompt.txt", "meta.json")  # what `shards.encode_sample` writes: the contract
-FILE_COUNT_CAP = 10_000  # counting the files of a foreign directory stops here
+FILE_COUNT_CAP = 10_000
+ROOT_ENV = "T2V_DATA_ROOT"  # set by a deployment server: flow path parameters must resolve inside it  # counting the files of a foreign directory stops here
 
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -119,6 +120,21 @@ def _count_files(root: Path, cap: int = FILE_COUNT_CAP) -> int:
         if n >= cap:
             return cap
     return n
+
+
+def confine(allowed_root: str | os.PathLike[str] | None, **paths: str | os.PathLike[str] | None) -> None:
+    """ValueError naming the parameter and the root unless every given path resolves inside
+    `allowed_root` (symlinks and `..` followed); nothing to check without a root."""
+    if not allowed_root:
+        return
+    root = Path(allowed_root).expanduser().resolve()
+    for name, value in paths.items():
+        if value is None:
+            continue
+        resolved = Path(value).expanduser().resolve()
+        if not resolved.is_relative_to(root):
+            raise ValueError(f"parameter {name}={str(value)!r} resolves to {str(resolved)!r}, outside the data root "
+                             f"{str(root)!r} this server allows (${ROOT_ENV}); use a path inside it")
 
 
 def check_dataset_dir(out: str | os.PathLike[str]) -> Path:

@@ -89,9 +89,10 @@ def task_states(cfg: StackConfig, flow_run_id: str) -> list[tuple[str, str]]:
 
 def against(cfg: StackConfig, read: Any) -> Any:
     """Run an API read against this stack's server, whatever server other fixtures have configured."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: cfg.prefect_api_url}):
+    with temporary_settings(updates={PREFECT_API_URL: cfg.prefect_api_url,
+                                     PREFECT_API_AUTH_STRING: cfg.env().get("PREFECT_API_AUTH_STRING")}):
         return asyncio.run(read())
 
 
@@ -142,6 +143,88 @@ def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
 
     motions = set(pq.read_table(root / "manifest.parquet").column("motion").to_pylist())
     assert motions == {"moving up", "moving right", "drifting left"}
+
+
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP request (Host and Origin headers as a hostile page would send them)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def basic(auth: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def test_prefect_api_refuses_other_origins_hosts_and_anonymous_callers(stack: StackConfig) -> None:
+    api = stack.prefect_api_url
+    auth = stack.env()["PREFECT_API_AUTH_STRING"]
+    secret = stack.state / "prefect-auth"
+    assert secret.stat().st_mode & 0o077 == 0  # readable by the user only
+    status, headers, _ = request(f"{api}/deployments/filter", "OPTIONS", {
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert "access-control-allow-origin" not in headers, (status, headers)
+    own = f"http://{stack.host}:{stack.prefect_port}"
+    _, headers, _ = request(f"{api}/deployments/filter", "OPTIONS", {
+        "Origin": own, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    assert headers.get("access-control-allow-origin") == own  # the server's own UI still works
+    status, _, _ = request(f"{api}/health", headers={"Host": "evil.example"})
+    assert status == 400
+    status, _, _ = request(f"{api}/deployments/filter", "POST", {"Content-Type": "application/json"}, b"{}")
+    assert status == 401
+    status, _, _ = request(f"{api}/deployments/filter", "POST", {"Content-Type": "application/json", **basic(auth)},
+                           b"{}")
+    assert status == 200
+
+
+def test_mlflow_refuses_other_origins_and_hosts(stack: StackConfig) -> None:
+    search = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert request(search)[0] == 200
+    status, _, _ = request(search, headers={"Host": "evil.example"})
+    assert status == 403
+    _, headers, _ = request(f"{stack.mlflow_url}/api/2.0/mlflow/experiments/create", "OPTIONS", {
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert headers.get("access-control-allow-origin") in (None, "")
+    status, _, _ = request(f"{stack.mlflow_url}/api/2.0/mlflow/experiments/create", "POST", {
+        "Origin": "http://evil.example", "Content-Type": "application/json"}, b'{"name": "planted"}')
+    assert status == 403
+
+
+def test_served_deployments_refuse_paths_outside_the_data_root(stack: StackConfig, tmp_path: Path) -> None:
+    victim = tmp_path / "elsewhere"
+    (victim / "shards" / "train").mkdir(parents=True)
+    keep = victim / "shards" / "train" / "mine.tar.gz"
+    keep.write_text("not the pipeline's")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "data-stage/add-motions", "--watch",
+         "--params", json.dumps({**DATA_PARAMS, "out": str(victim), "motions": ["moving up"]}),
+         "--watch-timeout", "300"], env=stack.env(), capture_output=True, text=True, timeout=330)
+    assert proc.returncode != 0
+    flow_run = next(line.split()[-1] for line in (proc.stdout + proc.stderr).splitlines() if "UUID:" in line)
+
+    async def read() -> Any:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run)
+
+    run = against(stack, read)
+    assert run.state.name == "Failed"
+    assert f"parameter out={str(victim)!r}" in run.state.message and str(stack.data) in run.state.message
+    assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == \
+        ["shards", "shards/train", "shards/train/mine.tar.gz"]
 
 
 def test_stack_stops_cleanly(stack: StackConfig) -> None:

@@ -352,3 +352,124 @@ def test_a_dead_tracking_server_fails_training_within_two_minutes_keeping_the_ch
     assert "checkpoint at step" in text and "rerun the same command to resume" in text
     assert took < 150, f"training took {took:.0f} s to give up on a dead tracking server"
     assert (out / "checkpoints" / "last.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- 5. what `make up` trusts
+
+def _stack_cli(*args: str, env: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", "deployments.stack", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_a_stranger_answering_health_on_the_port_is_not_taken_for_prefect(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from deployments.stack import SERVICES, StackConfig, _running, free_port, port_in_use, up, StackError
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stranger = HTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    try:
+        cfg = StackConfig(state=tmp_path / "state", data=tmp_path / "data", prefect_port=stranger.server_port,
+                          mlflow_port=free_port())
+        with pytest.raises(StackError, match=rf"port {stranger.server_port} on 127.0.0.1 \(prefect\) is in use by a "
+                                             "process that is not this stack's"):
+            up(cfg)
+        assert [name for name in SERVICES if _running(cfg, name)] == []
+        assert not port_in_use("127.0.0.1", cfg.mlflow_port)  # MLflow was never started
+    finally:
+        stranger.shutdown()
+
+
+@pytest.mark.parametrize("args,env,fragment", [
+    (["--prefect-port", "4311", "--mlflow-port", "4311"], {}, "both 4311; give them different ports"),
+    ([], {"PREFECT_PORT": "abc"}, "port must be an integer in 1-65535, got 'abc'"),
+    ([], {"MLFLOW_PORT": "70000"}, "port must be in 1-65535, got 70000"),
+], ids=["same-port", "port-not-a-number", "port-out-of-range"])
+def test_bad_ports_are_usage_errors_before_anything_starts(tmp_path: Path, args: list[str], env: dict[str, str],
+                                                           fragment: str) -> None:
+    proc = _stack_cli("up", "--state", str(tmp_path / "state"), "--data", str(tmp_path / "data"), *args, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_failed_service_rolls_back_what_up_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import psutil
+
+    from deployments import stack
+
+    real = stack._commands
+    monkeypatch.setattr(stack, "_commands", lambda cfg: {**real(cfg), "mlflow": [
+        sys.executable, "-c", "import sys; print('mlflow cannot start: injected'); sys.exit(3)"]})
+    monkeypatch.setenv("T2V_STACK_NO_UI", "1")
+    cfg = stack.StackConfig(state=tmp_path / "state", data=tmp_path / "data", prefect_port=stack.free_port(),
+                            mlflow_port=stack.free_port())
+    seen: list[int] = []
+    real_start = stack.start
+
+    def start(c: stack.StackConfig, name: str, timeout: float = 120.0) -> int:
+        try:
+            pid = real_start(c, name, timeout)
+        finally:
+            if (pid_now := stack._running(c, "prefect")) is not None:
+                seen.append(pid_now)
+        return pid
+
+    monkeypatch.setattr(stack, "start", start)
+    with pytest.raises(stack.StackError, match="process exited 3"):
+        stack.up(cfg)
+    assert seen, "Prefect never started: the rollback was not exercised"
+    assert not psutil.pid_exists(seen[0]) or psutil.Process(seen[0]).status() == psutil.STATUS_ZOMBIE
+    assert [n for n in stack.SERVICES if stack._running(cfg, n)] == []
+    assert not stack.port_in_use(cfg.host, cfg.prefect_port)
+
+
+# ----------------------------------------------------------------------------- 2. who may drive the servers
+# (Prefect's CORS, Host check, basic auth and the confined deployment paths run against the real
+# stack in test_e2e.py; MLflow's opt-in basic-auth app here, on its own.)
+
+def test_mlflow_auth_app_refuses_anonymous_callers_and_accepts_the_generated_admin(tmp_path: Path) -> None:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from deployments import stack
+
+    cfg = stack.StackConfig(state=tmp_path / "state", data=tmp_path / "data", prefect_port=stack.free_port(),
+                            mlflow_port=stack.free_port(), prefect_auth=False, mlflow_auth=True)
+    stack.ensure_secrets(cfg)
+    password = cfg.secret("mlflow")
+    assert password and (cfg.state / stack.SECRETS["mlflow"]).stat().st_mode & 0o077 == 0
+    url = f"{cfg.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        stack.start(cfg, "mlflow")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=30)
+        assert err.value.code == 401
+        token = base64.b64encode(f"{stack.MLFLOW_ADMIN}:{password}".encode()).decode()
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Basic {token}"}),
+                                    timeout=30) as r:
+            assert r.status == 200
+        env = cfg.env()
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (stack.MLFLOW_ADMIN, password)
+    finally:
+        stack.stop(cfg, "mlflow")
