@@ -155,7 +155,7 @@ def check_dataset_dir(out: str | os.PathLike[str]) -> Path:
             raise NotADatasetError(f"{str(root)!r} exists and is not a t2v dataset (it holds {many} "
                                    f"file{'s' if n != 1 else ''}); {choose}")
         return root
-    for name, read in ((DATASET_JSON, read_dataset_json), (SHARDS_TABLE, load_shards)):
+    for name, read in ((DATASET_JSON, read_dataset_json), (SHARDS_TABLE, load_shards), (MANIFEST, load_manifest)):
         if (root / name).is_file():
             try:
                 read(root)

@@ -31,7 +31,7 @@ def test_data_into_a_foreign_directory_is_refused_and_deletes_nothing(t2v_cli: C
     assert files(d) == before
 
 
-@pytest.mark.parametrize("name", [dataset.DATASET_JSON, dataset.SHARDS_TABLE])
+@pytest.mark.parametrize("name", [dataset.DATASET_JSON, dataset.SHARDS_TABLE, dataset.MANIFEST])
 def test_a_dataset_with_an_unreadable_table_is_refused_not_repaired(tmp_path: Path, name: str) -> None:
     (tmp_path / dataset.MARKER).write_text("{}")
     (tmp_path / dataset.DATASET_JSON).write_text('{"format": 1, "params": {}}')
@@ -303,7 +303,7 @@ def test_late_rejections_are_usage_errors_that_leave_no_run_and_no_dir(
 
 
 def test_a_dead_tracking_server_fails_training_within_two_minutes_keeping_the_checkpoint(
-        tiny: Path, tmp_path: Path) -> None:
+        tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import subprocess
     import sys
     import time
@@ -350,6 +350,8 @@ def test_a_dead_tracking_server_fails_training_within_two_minutes_keeping_the_ch
     assert rc == 1, text[-3000:]
     assert f"MLflow at http://127.0.0.1:{port} is unreachable" in text
     assert "checkpoint at step" in text and "rerun the same command to resume" in text
+    with capsys.disabled():
+        print(f"\n  gave up on the dead tracking server after {took:.0f} s")
     assert took < 150, f"training took {took:.0f} s to give up on a dead tracking server"
     assert (out / "checkpoints" / "last.pt").is_file()
 
