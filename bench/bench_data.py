@@ -151,7 +151,7 @@ def run_read(root: Path, workers: int, batch: int = 64) -> dict:
 
 def run_startup(tmp: Path) -> dict:
     """Wall time of the whole `t2v data` command on a one-clip dataset: its fixed cost."""
-    cmd = [sys.executable, "-m", "flows.cli", "data", "--out", str(tmp / "startup"), "--clips-per-combo", "1",
+    cmd = [sys.executable, "-m", "cli", "data", "--out", str(tmp / "startup"), "--clips-per-combo", "1",
            "--val-per-combo", "1", "--motions", "moving up", "--shapes", "circle", "--colors", "red", "--workers", "1"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -21,11 +21,12 @@ sys.path.insert(0, str(ROOT))
 
 from t2v import dataset  # noqa: E402
 from t2v import train as t2v_train  # noqa: E402
+from t2v.config import config_for  # noqa: E402
 from t2v.shards import DataParams  # noqa: E402
 
 
 def measure(model: str, data: Path, out: Path, steps: int, device: str, profile: str) -> dict:
-    cfg = t2v_train.config_for(profile, model=model, max_steps=steps, max_seconds=0.0, log_every=max(1, steps // 6),
+    cfg = config_for(profile, model=model, max_steps=steps, max_seconds=0.0, log_every=max(1, steps // 6),
                                ckpt_every=10 * steps, sample_every=10 * steps, select_every=0, device=device)
     seen: list[dict[str, float]] = []
     hooks = t2v_train.TrainHooks(on_metrics=lambda step, m: seen.append({"step": step, **m}))

@@ -32,7 +32,7 @@ def main() -> None:
     from flows.pipeline import full_pipeline
     from t2v import diversity, featnet
     from t2v import evaluate as ev
-    from tasks.evaluate import dataset_prompts
+    from registry.evaluation import dataset_prompts
 
     rows, walls, runs = {}, {}, {}
     for model in ("baseline", "video"):

@@ -7,11 +7,11 @@ from typing import Any
 
 from prefect import flow
 
+from registry import versions
+from registry.evaluation import EvalRequest, check_eval_request
 from t2v import dataset
-
 from t2v.evaluate import EvalConfig
-from tasks.evaluate import (EvalRequest, ModelRef, cached_result_usable, client_for, current_champion,
-                            ensure_featnet, evaluate_inputs, evaluate_task, prepare, promote)
+from tasks.evaluate import cached_result_usable, ensure_featnet, evaluate_inputs, evaluate_task, promote
 
 _E = EvalConfig()
 
@@ -34,10 +34,10 @@ def eval_stage(
     MLflow run link, the decision and `champion_version`.
     """
     dataset.confine(os.environ.get(dataset.ROOT_ENV), data=data)
-    req = prepare(model, data, samples, seen_prompts, seed)
+    req = check_eval_request(model, data, samples, seen_prompts, seed)
     net = ensure_featnet(str(req.data_dir), req.manifest_checksum)
     result = _evaluate(req, req.model, net, force)
-    champ_ref = current_champion(client_for(req.tracking_uri), req.model.name)
+    champ_ref = versions.current_champion(versions.client_for(req.tracking_uri), req.model.name)
     champion, champion_error = None, None
     if champ_ref is not None and champ_ref.version != req.model.version:
         state = evaluate_task(req.data_dir)(**evaluate_inputs(req, champ_ref, net), return_state=True)
@@ -58,7 +58,7 @@ def eval_stage(
     return {**result, **decision, "featnet": net}
 
 
-def _evaluate(req: EvalRequest, ref: ModelRef, net: dict[str, Any], force: bool) -> dict[str, Any]:
+def _evaluate(req: EvalRequest, ref: versions.ModelRef, net: dict[str, Any], force: bool) -> dict[str, Any]:
     """One cached evaluation; a cache hit whose media or model version is gone is evaluated again."""
     inputs = evaluate_inputs(req, ref, net)
     state = evaluate_task(req.data_dir, refresh=force)(**inputs, return_state=True)

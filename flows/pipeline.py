@@ -10,8 +10,6 @@ cached, training resumes from its last checkpoint.
 from __future__ import annotations
 
 import os
-import hashlib
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -21,19 +19,10 @@ from t2v import dataset
 from flows.data import data_stage
 from flows.evaluate import eval_stage
 from flows.train import train_stage
-from t2v import train as t2v_train
-from tasks.train import champion_export, config_key, model_code_version
 from t2v.shards import DataParams
+from tasks.train import champion_export
 
 _D = DataParams()
-
-
-def training_dir(out: str, model: str, profile: str, checksum: str, overrides: dict[str, Any]) -> str:
-    """One training dir per (dataset version, config, model code): a grown dataset, a changed config
-    or new model code trains afresh, while the same ones resume (run-length fields aside)."""
-    cfg = t2v_train.config_for(profile, model=model, **overrides)
-    key = hashlib.sha256(f"{config_key(cfg)}|{model_code_version()}".encode()).hexdigest()[:8]
-    return str(Path(out) / "runs" / f"{model}-{profile}-{checksum[:12]}-{key}")
 
 
 @flow(name="full-pipeline", log_prints=True)
@@ -69,9 +58,7 @@ def full_pipeline(
         if init:
             overrides["init_from"] = init
     trained = train_stage(data=data["root"], model=model, profile=profile, max_steps=max_steps,
-                          out=training_dir(data["root"], model, profile, data["checksum"],
-                                           {**overrides, **({"max_steps": max_steps} if max_steps else {})}),
-                          overrides=overrides, force=force_train, progress=progress)
+                          overrides=overrides, force=force_train, progress=progress)  # out: t2v.config.run_dir
     evaluated = eval_stage(model=trained["model_uri"], data=data["root"], samples=eval_samples, force=force_eval)
     print(f"full-pipeline: {data['clips']} clips ({len(data['rendered'])} shards rendered), "
           f"{trained['model_uri']} (step {trained['step']}{', cached' if trained['cached'] else ''}), "

@@ -9,8 +9,8 @@ from prefect import flow
 
 from t2v import dataset
 
-from tasks import tracking
-from tasks.train import cached_result_usable, prepare, train_inputs, train_task
+from t2v.config import DEFAULT_EXPERIMENT, check_train_request
+from tasks.train import cached_result_usable, train_inputs, train_task
 
 
 @flow(name="train-stage", log_prints=True)
@@ -22,11 +22,11 @@ def train_stage(
     out: str | None = None,
     overrides: dict[str, Any] | None = None,
     force: bool = False,
-    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    experiment: str = DEFAULT_EXPERIMENT,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train `model` with `profile` (plus `max_steps` and `overrides`, any TrainConfig field) on the
-    dataset at `data`, into `out` (default `<data>/runs/<model>-<profile>`).
+    dataset at `data`, into `out` (default `t2v.config.run_dir`: `<data>/runs/<model>-<profile>-<manifest>-<key>`).
 
     Cached on (manifest checksum, config, model code, out dir, MLflow store): a rerun with nothing
     changed is a cache hit; `force` trains again (resuming whatever checkpoint `out` holds). Returns
@@ -34,8 +34,8 @@ def train_stage(
     `cached`.
     """
     dataset.confine(os.environ.get(dataset.ROOT_ENV), data=data, out=out)
-    req = prepare(data, model, profile, max_steps, out, overrides, experiment)
-    inputs = train_inputs(req, experiment, progress=progress)
+    req = check_train_request(data, model, profile, max_steps, out, overrides, experiment)
+    inputs = train_inputs(req, progress=progress)
     state = train_task(req.out_dir, refresh=force)(**inputs, return_state=True)
     result = state.result()
     cached = state.name == "Cached"

@@ -14,7 +14,6 @@ of the same root listed: a user's files next to a dataset are never touched.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import json
 import os
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from t2v import shards as sh
+from t2v.io import atomic_write_bytes, sha256_file, source_hash
 from t2v import vocab
 from t2v.render import renderer_version
 from t2v.shards import DataParams, ShardInfo, ShardSpec
@@ -88,8 +88,7 @@ class Request:
 def format_version() -> str:
     """Hash of the shard module's code and the palette: with the renderer and motion hashes it keys shard
     caches. The whole module, not a function walk, so helpers called from comprehensions count too."""
-    body = inspect.getsource(sh) + repr((vocab.COLORS, vocab.BACKGROUND))
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+    return source_hash(sh, repr((vocab.COLORS, vocab.BACKGROUND)).encode())
 
 
 def check_output_dir(out: str | os.PathLike[str], hint: str = "choose another --out") -> Path:
@@ -172,7 +171,7 @@ def claim(root: str | os.PathLike[str]) -> Path:
     if not (root / MARKER).is_file():
         body = {"t2v": "dataset root", "format": FORMAT,
                 "note": "files under shards/ that this root's manifest lists are the pipeline's"}
-        sh.atomic_write_bytes(root / MARKER, (json.dumps(body, indent=2) + "\n").encode())
+        atomic_write_bytes(root / MARKER, (json.dumps(body, indent=2) + "\n").encode())
     return root
 
 
@@ -300,9 +299,9 @@ def publish(root: str | os.PathLike[str], params: DataParams, specs: list[ShardS
         "counts": count_summary(manifest_table(specs).to_pandas()),
     }
     previous = {i.path for i in load_shards(root)} if (root / SHARDS_TABLE).is_file() else set()
-    sh.atomic_write_bytes(root / DATASET_JSON, (json.dumps(meta, indent=2) + "\n").encode())
-    sh.atomic_write_bytes(root / SHARDS_TABLE, _parquet_bytes(shards_table(infos)))
-    sh.atomic_write_bytes(root / MANIFEST, _parquet_bytes(manifest_table(specs)))
+    atomic_write_bytes(root / DATASET_JSON, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(root / SHARDS_TABLE, _parquet_bytes(shards_table(infos)))
+    atomic_write_bytes(root / MANIFEST, _parquet_bytes(manifest_table(specs)))
     prune_superseded(root, previous, set(by_path))
     return root / MANIFEST
 
@@ -375,7 +374,7 @@ def shard_urls(root: str | os.PathLike[str], split: str, verify: bool = True) ->
             path = root / i.path
             if not path.is_file():
                 bad.append(f"{i.path} is missing")
-            elif (digest := sh.sha256_file(path)) != i.sha256:
+            elif (digest := sha256_file(path)) != i.sha256:
                 bad.append(f"{i.path} has sha256 {digest[:12]}, the manifest {i.sha256[:12]}")
         if bad:
             raise ShardIntegrityError(f"{len(bad)} {split} shard(s) of {str(root)!r} differ from its manifest: "

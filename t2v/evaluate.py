@@ -15,16 +15,23 @@ first, the held-out Fréchet distance breaking ties. Never imports prefect or ml
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from t2v import diversity, featnet, judge, vocab
+from t2v import judge, media, vocab
+from t2v.io import atomic_dir, safe_name, source_hash
 from t2v.render import ClipSpec, render
 
+if TYPE_CHECKING:  # torch-based: imported where the metrics run, so checking a request needs no torch
+    from t2v import diversity, featnet
+
 GenerateFn = Callable[[list[str], int], np.ndarray]
+METRIC_CODE = ("t2v.evaluate", "t2v.judge", "t2v.featnet", "t2v.diversity", "t2v.render", "t2v.motions")  # decides the numbers
 GROUPS = ("seen", "heldout")
 PRIMARY = "judge_heldout_all3"  # what promotion compares first: higher wins
 TIEBREAK = "fd_heldout"  # compared when PRIMARY ties: lower wins
@@ -116,12 +123,19 @@ class Evaluation:
     clips: np.ndarray  # (N, T, H, W, 3) uint8
 
 
+def code_version() -> str:
+    """Hash of the metric, judge, classifier and renderer sources: part of the evaluation cache key."""
+    return source_hash(*METRIC_CODE)
+
+
 def _nanmean(values: Sequence[float]) -> float:
     v = np.asarray([x for x in values if not math.isnan(x)], np.float64)
     return float(v.mean()) if len(v) else math.nan
 
 
 def _fd(a: np.ndarray, b: np.ndarray) -> float:
+    from t2v import featnet
+
     return featnet.frechet_distance(a, b) if min(len(a), len(b)) >= 2 else math.nan
 
 
@@ -144,6 +158,8 @@ def evaluate(generate: GenerateFn, prompts: PromptSet, clf: featnet.Classifier, 
     spread_{g} and spread_real_{g} (mean per-prompt start spread, fraction of the side); nn_generated,
     nn_real, nn_ratio, copy_rate (memorisation, when a bank is given); n_prompts_{g}, samples.
     """
+    from t2v import diversity, featnet
+
     cfg.validate()
     texts, held = prompts.expanded(cfg.samples)
     clips = check_clips(generate(list(texts), cfg.seed), len(texts), prompts.frames, prompts.size)
@@ -242,3 +258,26 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
                      ("copy rate", "copy_rate")):
         lines.append(f"| {label} | " + " | ".join(fmt(rows[n].get(k)) for n in names) + " |")
     return "\n".join(lines)
+
+
+def write_media(out_dir: Path, evaluation: Evaluation, fps: int = 8) -> dict[str, list[str]]:
+    """A GIF and an MP4 per prompt (its samples side by side), a contact sheet (one row per prompt,
+    first sample, one column per frame) and metrics.json, published as a whole directory at once."""
+    order = list(dict.fromkeys(evaluation.prompts))
+    held = dict(zip(evaluation.prompts, evaluation.held_out))
+    files: dict[str, list[str]] = {"gif": [], "mp4": [], "png": []}
+    with atomic_dir(Path(out_dir)) as tmp:
+        rows = []
+        for p in order:
+            idx = [i for i, q in enumerate(evaluation.prompts) if q == p]
+            strip = tile(evaluation.clips[idx])
+            name = f"{'heldout' if held[p] else 'seen'}-{safe_name(p)}"
+            media.write_gif(tmp / "clips" / f"{name}.gif", strip, fps=fps)
+            media.write_mp4(tmp / "clips" / f"{name}.mp4", strip, fps=fps)
+            files["gif"].append(f"clips/{name}.gif")
+            files["mp4"].append(f"clips/{name}.mp4")
+            rows.append((f"{p}{' (held out)' if held[p] else ''}", evaluation.clips[idx[0]]))
+        media.write_contact_sheet(tmp / "contact_sheet.png", rows)
+        files["png"].append("contact_sheet.png")
+        (tmp / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=1, sort_keys=True))
+    return files

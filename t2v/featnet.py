@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from t2v import vocab
-from t2v.shards import atomic_write_bytes
+from t2v.io import atomic_write_bytes, source_hash
 
 HEADS = ("motion", "shape", "color")
 WEIGHTS_FILE = "featnet.pt"
@@ -163,7 +163,7 @@ def follow_crop(clips: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
-def prepare(clips: np.ndarray, cfg: FeatNetConfig) -> Inputs:
+def input_views(clips: np.ndarray, cfg: FeatNetConfig) -> Inputs:
     """Both views of each clip. Both are per-frame operations, so reordering frames commutes with them."""
     clips = _check_clips(clips)
     return Inputs(downsample(clips, cfg.coarse), follow_crop(clips, cfg.crop_side(clips.shape[2])))
@@ -206,7 +206,7 @@ def read_split(root: Path | str, split: str, cfg: FeatNetConfig, limit: int | No
     """Clips of one split, prepared for the network (see iter_split; `limit` sampled with cfg.seed)."""
     parts, metas = [], []
     for clips, m in iter_split(root, split, limit, cfg.seed):
-        parts.append(prepare(clips, cfg))
+        parts.append(input_views(clips, cfg))
         metas += m
     if not metas:
         raise ValueError(f"no clips in the {split} shards under {root}")
@@ -290,12 +290,12 @@ class Classifier:
     frame_size: int  # H = W of the clips it was trained on
     metrics: dict
 
-    def prepare(self, clips: np.ndarray) -> Inputs:
+    def input_views(self, clips: np.ndarray) -> Inputs:
         clips = np.asarray(clips)
         if clips.ndim != 5 or clips.shape[1:] != (self.frames, self.frame_size, self.frame_size, 3):
             raise ValueError(f"featnet expects clips (N, {self.frames}, {self.frame_size}, {self.frame_size}, 3) "
                              f"like its training data, got {clips.shape}")
-        return prepare(clips, self.cfg)
+        return input_views(clips, self.cfg)
 
     @torch.no_grad()
     def run(self, inputs: Inputs, batch: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -319,15 +319,15 @@ class Classifier:
 
     def features(self, clips: np.ndarray) -> np.ndarray:
         """Penultimate activations: the space of the Fréchet distance. # (N, T, H, W, 3) uint8 -> (N, D) float64"""
-        return self.run(self.prepare(clips))[0]
+        return self.run(self.input_views(clips))[0]
 
     def predict(self, clips: np.ndarray) -> list[dict[str, str]]:
         """Per clip {"motion", "shape", "color"} as the classifier reads it."""
-        return self.names(self.run(self.prepare(clips))[1])
+        return self.names(self.run(self.input_views(clips))[1])
 
     def features_and_predictions(self, clips: np.ndarray) -> tuple[np.ndarray, list[dict[str, str]]]:
         """Both in one pass: what evaluation needs of every generated clip."""
-        feats, idx = self.run(self.prepare(clips))
+        feats, idx = self.run(self.input_views(clips))
         return feats, self.names(idx)
 
 
@@ -478,6 +478,11 @@ def fit_from_shards(root: Path | str, cfg: FeatNetConfig = FeatNetConfig()) -> C
     """Train on a rendered dataset's train clips (at most cfg.max_train_clips) and score it on its val clips."""
     data = read_split(root, "train", cfg, limit=cfg.max_train_clips)
     return train(data, cfg, read_split(root, "val", cfg))
+
+
+def cache_key(manifest_checksum: str, cfg: FeatNetConfig) -> str:
+    """Names one trained classifier: the dataset version, its config and this module's code."""
+    return source_hash(__name__, json.dumps([manifest_checksum, asdict(cfg)], sort_keys=True).encode())
 
 
 def save(clf: Classifier, directory: Path | str) -> Path:

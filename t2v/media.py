@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from t2v.shards import atomic_write_bytes
+from t2v.io import atomic_write_bytes
 
 MEDIA_EXTENSIONS = (".gif", ".mp4", ".png")
 LABEL_PAD = 6  # px around contact-sheet labels

@@ -8,13 +8,13 @@ per-pixel Python, no per-frame drawing calls. The same (seed, key) always gives 
 from __future__ import annotations
 
 import hashlib
-import inspect
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from t2v import vocab
+from t2v.io import source_hash
 from t2v.vocab import BACKGROUND, COLORS, MotionParams, Trajectory
 
 RADIUS_RANGE = (0.10, 0.16)  # circumradius as a fraction of the side (vocabulary.md)
@@ -127,6 +127,4 @@ def render(spec: ClipSpec) -> tuple[np.ndarray, Trajectory]:
 @lru_cache(maxsize=1)
 def renderer_version() -> str:
     """Hash of the rasteriser's code: part of every shard's cache key."""
-    from t2v import render as mod
-
-    return hashlib.sha256(inspect.getsource(mod).encode()).hexdigest()[:16]
+    return source_hash(__name__)

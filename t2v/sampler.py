@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from t2v import text, vocab
 from t2v.models import GeneratorSpec, build_generator
-from t2v.shards import atomic_dir, atomic_write_bytes
+from t2v.io import atomic_dir, atomic_write_bytes
 
 FILES = ("generator.pt", "text_encoder.pt", "config.json")
 

@@ -15,13 +15,9 @@ import hashlib
 import io
 import json
 import math
-import os
-import shutil
 import struct
 import tarfile
-import uuid
 import zlib
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from t2v import vocab
+from t2v.io import atomic_write_bytes, sha256_file
 from t2v.render import ClipSpec, render_indexed
 
 SPLITS = ("train", "val", "heldout")
@@ -170,27 +167,8 @@ def encode_sample(spec: ClipSpec, split: str) -> dict[str, bytes | str]:
     }
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary name beside `path`, fsync, rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _tar_header(name: str, size: int) -> bytes:
@@ -213,23 +191,6 @@ def _tar_header(name: str, size: int) -> bytes:
     return bytes(h)
 
 
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Build a directory under a hidden temporary name; on success it replaces `path` in one rename,
-    so readers see the old directory or the whole new one, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
-    try:
-        tmp.mkdir()
-        yield tmp
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def tar_bytes(samples: list[dict[str, bytes]]) -> bytes:
@@ -254,12 +215,6 @@ def write_shard(root: Path, shard: ShardSpec) -> ShardInfo:
                      len(shard.clips), len(data))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def iter_shard(path: Path) -> Iterator[dict[str, bytes]]:

@@ -1,21 +1,19 @@
-"""Training: config profiles, the GAN loop, checkpoints that resume, and the exported EMA generator.
+"""Training: the GAN loop, from fresh or resumed models to the exported EMA generator.
 
 `train(cfg, data_dir, out_dir)` streams `data_dir/shards/train/*.tar.gz`, trains `cfg.model`
 ("video" or "baseline"), writes `out_dir/checkpoints/last.pt` every `ckpt_every` steps (atomically)
 and `out_dir/export/` (the sampler's files) at the end, and returns a `TrainResult`. A run whose
 `out_dir` already holds a checkpoint of the same config resumes from it; a different config there
-is an error (pick a new `out_dir`). Logging is the caller's: pass `TrainHooks`.
+is an error (pick a new `out_dir`). Logging is the caller's: pass `TrainHooks`. The config and its
+checks live in `t2v.config`, checkpoint I/O in `t2v.checkpoint`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import io
 import os
 import random
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,157 +27,9 @@ from t2v import dataset, judge, text, vocab
 from t2v.loader import DatasetInfo, dataset_info, make_loader, to_model
 from t2v.models import (BASELINE_NOISE, BaselineDiscriminator, GeneratorSpec, VideoDiscriminators,
                         build_generator, crop_real)
+from t2v.checkpoint import load_checkpoint, restore, save_checkpoint
+from t2v.config import CKPT_NAME, TrainConfig, check_device, check_export, check_resumable
 from t2v.sampler import Sampler, export_generator
-from t2v.shards import atomic_write_bytes
-
-MODELS = ("video", "baseline")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run. Frames and frame size come from the dataset."""
-
-    model: str = "video"  # the clip-level GAN; "baseline" is the tutorial's per-frame GAN for the comparison row
-    profile: str = "cpu-demo"  # which preset these values came from (logged, not used by the loop)
-    max_steps: int = 2400  # ~6.5 min on 2 CPU cores at batch 32 for `video` (the cpu-demo time cap stops it first there)
-    max_seconds: float = 0.0  # wall-clock cap on the loop (0 = none): keeps the demo inside its time box on a slow CPU
-    batch_size: int = 32  # clips per step: enough to mix motions, small enough for ~5 steps/s on CPU
-    lr_g: float = 1e-3  # the layered generator has few, well-conditioned parameters: a high rate learns in minutes
-    lr_d: float = 1e-3  # matched to G (hinge + spectral norm keep D from running away)
-    betas: tuple[float, float] = (0.5, 0.99)  # low beta1, the usual GAN choice; beta2 0.99 reacts faster than 0.999
-    ema_decay: float = 0.99  # short horizon: a 1.5k-step run must still let the EMA move
-    ema_start: int = 100  # steps before the EMA starts averaging (it copies G until then)
-    r1_weight: float = 1.0  # R1 penalty on the pixel critics' real inputs: without it some seeds collapse into pale spiky shapes
-    r1_every: int = 4  # lazy R1: pay the double backward once every N steps (~10% of step time)
-    aux_weight: float = 1.0  # AC-GAN classification heads (colour, shape, motion): fast prompt following
-    mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
-    convex_weight: float = 3.0  # prior on G's sprite: penalise dents (lumpy stars); 3 over 1 and 0.3 sharpened squares on seed 1 (m4 0.39 vs 0.22, 0.02)
-    color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
-    z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
-    text_dim: int = 64  # width of each text code
-    width: int = 16  # conv critics' base channels: 32 learned no faster on CPU and costs 2x
-    frame_samples: int = 2  # frames per clip the frame discriminator judges (at full resolution)
-    ckpt_every: int = 250  # a crash costs at most ~1 min of CPU training
-    log_every: int = 25  # metrics cadence: cheap, and enough points for a curve
-    sample_every: int = 250  # sample-grid cadence (EMA generator on fixed prompts)
-    select_every: int = 250  # judge the EMA on every train prompt this often and ship the best (0 = ship the last):
-    # a GAN's last step is a draw from its oscillation, and one ~1 s check picks the good phase
-    seed: int = 0  # model init, noise and data order
-    device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu" / "cuda" / "cuda:N"
-    compile: bool = False  # torch.compile the generator/discriminators (CUDA only; slow start, pays off on long runs)
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 conv is slower)
-    num_workers: int = 0  # DataLoader workers decoding PNGs; 0 = in the training process: on 2 cores a worker costs a torch thread (6.2 vs 4.6 steps/s)
-    shuffle_buffer: int = 512  # samples held per worker for shuffling, on top of interleaving every shard
-    init_from: str = ""  # warm start: an export dir whose generator/text weights start a fresh run ("" = random init)
-    threads: int = 0  # torch intra-op threads on CPU; 0 = one per core left after the loader workers (oversubscribed OpenMP stalls)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-able values for logging as params."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def identity(self) -> dict[str, Any]:
-        """The fields a checkpoint must agree on to be resumed (run-length, logging and hardware fields may change)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
-
-
-# Fields that change how long or where a run goes, not what it learns: resuming may change them.
-RUN_ONLY_FIELDS = frozenset({
-    "profile", "max_steps", "max_seconds", "ckpt_every", "log_every", "sample_every", "select_every", "device",
-    "compile", "amp", "num_workers", "shuffle_buffer", "threads",
-})
-
-PROFILES: dict[str, TrainConfig] = {
-    # ~6 minutes on 2 CPU cores including data start-up: the `make demo` default.
-    "cpu-demo": TrainConfig(profile="cpu-demo", max_steps=2400, max_seconds=330.0),
-    # one GPU: bigger batches, longer, bf16; still minutes, not hours.
-    "gpu": TrainConfig(profile="gpu", max_steps=6000, batch_size=128, num_workers=6, shuffle_buffer=2000,
-                       ckpt_every=1000, log_every=50, sample_every=1000, select_every=500, ema_decay=0.995,
-                       ema_start=500),
-}
-
-
-# The tutorial's optimiser and batch, applied whenever model="baseline" unless a field is overridden;
-# it ships its last generator (no selection, which would also spend ~8 s a time judging its noise).
-BASELINE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999),
-                                     "select_every": 0}
-
-
-def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Accept CLI/flow strings for typed fields ("64" -> 64, "true" -> True, "0.5,0.9" -> (0.5, 0.9))."""
-    origin = typing.get_origin(typ)
-    if origin is tuple:
-        parts = value.split(",") if isinstance(value, str) else list(value)
-        elem = typing.get_args(typ)
-        if len(parts) != len(elem):
-            raise ValueError(f"{name} needs {len(elem)} values, got {value!r}")
-        return tuple(_coerce(name, p, t) for p, t in zip(parts, elem))
-    if typ is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        return bool(value)
-    if typ in (int, float):
-        try:
-            out = typ(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be {typ.__name__}, got {value!r}") from None
-        if typ is int and isinstance(value, float) and value != out:
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return out
-    if typ is str:
-        return str(value)
-    return value
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Reject bad values before any work, naming the field and what is valid."""
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}")
-    for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
-                 "width", "frame_samples", "r1_every"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)!r}")
-    for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every", "seed"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
-    for name in ("lr_g", "lr_d"):
-        if not getattr(cfg, name) > 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
-    if not (0.0 <= cfg.ema_decay < 1.0):
-        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
-    if not all(0.0 <= b < 1.0 for b in cfg.betas):
-        raise ValueError(f"betas must be in [0, 1), got {cfg.betas!r}")
-    if not (0.0 <= cfg.color_dropout <= 1.0):
-        raise ValueError(f"color_dropout must be in [0, 1], got {cfg.color_dropout!r}")
-    if cfg.max_seconds < 0 or cfg.r1_weight < 0 or cfg.aux_weight < 0 or cfg.mismatch_weight < 0:
-        raise ValueError("max_seconds, r1_weight, aux_weight and mismatch_weight must be >= 0")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
-
-
-def config_for(profile: str = "cpu-demo", **overrides: Any) -> TrainConfig:
-    """The profile's config with `overrides` applied (strings are converted to the field's type).
-
-    model="baseline" also takes the tutorial's batch size and Adam settings (BASELINE_DEFAULTS)
-    unless those fields are overridden too.
-
-    Unknown profile or field -> ValueError listing the valid ones; bad values -> ValueError naming the field."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(overrides) - set(hints))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(hints)}")
-    values = {k: _coerce(k, v, hints[k]) for k, v in overrides.items() if v is not None}
-    if values.get("model", PROFILES[profile].model) == "baseline":
-        values = {**BASELINE_DEFAULTS, **values}
-    cfg = dataclasses.replace(PROFILES[profile], **values)
-    validate(cfg)
-    return cfg
-
 
 @dataclass
 class TrainHooks:
@@ -203,7 +53,6 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- setup
 
-CKPT_NAME = "last.pt"
 SAMPLE_PROMPTS = (  # sample-grid rows: held-out combinations first, then seen ones
     "purple square moving left", "red circle moving up-right", "blue square bouncing vertically",
     "green triangle rotating counter-clockwise", "yellow circle expanding", "red triangle zigzagging horizontally",
@@ -214,10 +63,8 @@ SAMPLE_PROMPTS = (  # sample-grid rows: held-out combinations first, then seen o
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available; use device=auto or cpu")
-    return dev
+    check_device(name)
+    return torch.device(name)
 
 
 @dataclass
@@ -287,16 +134,6 @@ def _copy_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> int:
     return copied
 
 
-EXPORT_WEIGHTS = ("generator.pt", "text_encoder.pt")  # what a warm start reads from an export
-
-
-def check_export(export_dir: Path) -> None:
-    """FileNotFoundError naming `init_from` unless it holds a generator export's weights."""
-    for name in EXPORT_WEIGHTS:
-        if not (Path(export_dir) / name).is_file():
-            raise FileNotFoundError(f"init_from={str(export_dir)!r} is not a generator export: {name} is missing")
-
-
 def warm_start(m: Models, export_dir: Path, device: torch.device) -> int:
     """Start a fresh run from an exported generator (the champion): its generator and text encoder
     weights go into G (and its EMA); the critics start from scratch. Returns tensors copied."""
@@ -318,76 +155,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(m, 1.0 - decay)
     for e, m in zip(ema.buffers(), model.buffers()):
         e.copy_(m)
-
-
-# ----------------------------------------------------------------------------- RNG state as plain tensors
-
-def rng_state() -> dict[str, Any]:
-    """torch, CUDA, numpy and python RNG states in types `torch.load(weights_only=True)` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, step: int, cfg: TrainConfig, info: DatasetInfo, m: Models,
-                    best: dict[str, Any] | None = None) -> None:
-    """Everything needed to resume (and the best weights selected so far), written to a temporary name
-    and renamed into place."""
-    state = {
-        "step": step,
-        "config": cfg.to_dict(),
-        "data": {"frames": info.frames, "size": info.size},
-        "spec": m.spec.to_dict(),
-        "models": {k: v.state_dict() for k, v in m.modules().items()},
-        "optim": {"g": m.opt_g.state_dict(), "d": m.opt_d.state_dict()},
-        "rng": rng_state(),
-        "best": best or {},
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
-
-
-def check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, info: DatasetInfo, path: Path) -> None:
-    """A checkpoint resumes only a run of the same config (run-length/logging/hardware fields aside) and clip geometry."""
-    saved = {k: v for k, v in ckpt["config"].items() if k not in RUN_ONLY_FIELDS}
-    diff = {k: (saved.get(k), v) for k, v in cfg.identity().items() if saved.get(k) != v}
-    if ckpt["data"] != {"frames": info.frames, "size": info.size}:
-        diff["data"] = (ckpt["data"], {"frames": info.frames, "size": info.size})
-    if diff:
-        what = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{path} belongs to a run with a different config ({what}); resume with the same "
-                         f"config, or train into a new out_dir")
-
-
-def restore(m: Models, ckpt: dict[str, Any]) -> None:
-    for k, mod in m.modules().items():
-        mod.load_state_dict(ckpt["models"][k])
-    m.opt_g.load_state_dict(ckpt["optim"]["g"])
-    m.opt_d.load_state_dict(ckpt["optim"]["d"])
-    set_rng_state(ckpt["rng"])
 
 
 # ----------------------------------------------------------------------------- GAN steps
@@ -613,7 +380,6 @@ def _snapshot(modules: tuple[nn.Module, nn.Module]) -> dict[str, dict[str, torch
 def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks | None = None) -> TrainResult:
     """Train `cfg.model` on `data_dir`'s train shards; resume from `out_dir`'s checkpoint when it matches."""
     t_start = time.perf_counter()
-    validate(cfg)
     hooks = hooks or TrainHooks()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     info = dataset_info(data_dir)  # also fails early when there are no train shards
@@ -621,7 +387,7 @@ def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks | N
     ckpt_path = out_dir / "checkpoints" / CKPT_NAME
     ckpt = load_checkpoint(ckpt_path, device) if ckpt_path.is_file() else None
     if ckpt is not None:
-        check_resumable(ckpt, cfg, info, ckpt_path)  # before any work or any write
+        check_resumable(ckpt, cfg, info.frames, info.size, ckpt_path)  # before any work or any write
     threads_before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.num_workers))

@@ -8,7 +8,6 @@ token vocabulary and the dataset plan without touching anything here.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import os
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
+
+from t2v.io import source_hash
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -77,12 +78,12 @@ class Motion:
     @property
     def spec_hash(self) -> str:
         """Changes when the motion's phrase, shapes or code (helpers included) change: part of its shards' cache key."""
-        return hashlib.sha256(f"{self.phrase}|{self.shapes}|{code_fingerprint(self.fn)}".encode()).hexdigest()[:16]
+        return source_hash(f"{self.phrase}|{self.shapes}|{reachable_source(self.fn)}".encode())
 
 
-def code_fingerprint(fn: Callable) -> str:
+def reachable_source(fn: Callable) -> str:
     """Source of `fn` plus the module-level functions and constants it reaches, so editing one motion's
-    helper changes that motion's fingerprint while adding another motion changes none."""
+    helper changes that motion's hash while adding another motion changes none."""
     seen: dict[str, str] = {}
 
     def visit(f: Callable) -> None:

@@ -36,7 +36,7 @@ def t2v_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                     **(env or {})}
-        return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                               env=full_env, cwd=cwd or REPO, timeout=timeout)
 
     return run

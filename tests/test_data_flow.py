@@ -18,7 +18,8 @@ import pytest
 
 from t2v import dataset, vocab
 from t2v.render import ClipSpec, render
-from t2v.shards import DataParams, ShardInfo, atomic_write_bytes, plan, sha256_file
+from t2v.io import atomic_write_bytes, sha256_file
+from t2v.shards import DataParams, ShardInfo, plan
 
 # Tiny but complete: held-out combos in both motions (purple square; square + bouncing vertically),
 # several shards per (motion, split), and every shard holds at least 2 clips.

@@ -151,7 +151,7 @@ def test_bad_input_names_the_expected_geometry(clf: fn.Classifier) -> None:
     with pytest.raises(ValueError, match=r"\(N, 8, 32, 32, 3\)"):
         clf.features(np.zeros((2, 16, 64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="square"):
-        fn.prepare(np.zeros((2, 8, 32, 40, 3), np.uint8), CFG)
+        fn.input_views(np.zeros((2, 8, 32, 40, 3), np.uint8), CFG)
     with pytest.raises(FileNotFoundError, match="no featnet"):
         fn.load(Path("/nonexistent-featnet"))
 

@@ -201,7 +201,7 @@ def start_command(args: list[str], env: dict[str, str], log: Path):
     from tests.conftest import REPO
 
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 

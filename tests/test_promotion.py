@@ -24,9 +24,9 @@ from PIL import Image
 
 from t2v import dataset
 from t2v.shards import DataParams
-from tasks import pyfunc_model, tracking
+from registry import pyfunc, tracking
 
-NAME = pyfunc_model.REGISTERED_MODEL
+NAME = pyfunc.REGISTERED_MODEL
 PARAMS = DataParams(motions=("moving up", "moving up-right"), clips_per_combo=6, val_per_combo=1, frames=8, size=32)
 EVAL = {"samples": 2, "seen_prompts": 3}
 
@@ -41,7 +41,7 @@ class RenderedModel(mlflow.pyfunc.PythonModel):
         from t2v.evaluate import render_reference
 
         seed = int((params or {}).get("seed", 0))
-        clips = render_reference(pyfunc_model.prompts_of(model_input), PARAMS.frames, PARAMS.size, 500 + seed)[0]
+        clips = render_reference(pyfunc.prompts_of(model_input), PARAMS.frames, PARAMS.size, 500 + seed)[0]
         return np.repeat(clips[:, :1], PARAMS.frames, axis=1) if self.frozen else clips
 
 
@@ -67,7 +67,7 @@ def register(store: dict[str, Any], frozen: bool) -> str:
     mlflow.set_tracking_uri(store["uri"])
     with mlflow.start_run(experiment_id=store["experiment"]):
         info = mlflow.pyfunc.log_model(name="generator", python_model=RenderedModel(frozen),
-                                       signature=pyfunc_model.signature(PARAMS.frames, PARAMS.size),
+                                       signature=pyfunc.signature(PARAMS.frames, PARAMS.size),
                                        pip_requirements=["mlflow"], registered_model_name=NAME)
     return str(info.registered_model_version)
 

@@ -20,7 +20,7 @@ import pytest
 
 from t2v.models import GeneratorSpec, build_generator
 from t2v.sampler import export_generator, load_generator
-from tasks import pyfunc_model, tracking
+from registry import pyfunc, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["red circle moving up", "purple square moving left", "blue triangle spinning clockwise"]
@@ -70,8 +70,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for kind in ("video", "baseline"):
             export, expected[kind] = random_export(tmp, kind)
             with mlflow.start_run(experiment_id=t.experiment_id):
-                info = pyfunc_model.log_generator(export, 16, 64)
-            uris[kind] = f"models:/{pyfunc_model.REGISTERED_MODEL}/{info.registered_model_version}"
+                info = pyfunc.log_generator(export, 16, 64)
+            uris[kind] = f"models:/{pyfunc.REGISTERED_MODEL}/{info.registered_model_version}"
             shutil.rmtree(export)
     finally:
         mlflow.set_tracking_uri(before)  # configure() pinned the process-wide URI; None unpins it
@@ -119,9 +119,9 @@ def test_signature_and_errors(predicted: dict[str, np.ndarray]) -> None:
 
 
 def test_prompts_of_accepts_the_documented_inputs() -> None:
-    assert pyfunc_model.prompts_of(["a", "b"]) == ["a", "b"]
-    assert pyfunc_model.prompts_of(pd.DataFrame({"prompt": ["a"], "other": [1]})) == ["a"]
-    assert pyfunc_model.prompts_of(pd.DataFrame({0: ["a", "b"]})) == ["a", "b"]
-    assert pyfunc_model.prompts_of("a") == ["a"]
+    assert pyfunc.prompts_of(["a", "b"]) == ["a", "b"]
+    assert pyfunc.prompts_of(pd.DataFrame({"prompt": ["a"], "other": [1]})) == ["a"]
+    assert pyfunc.prompts_of(pd.DataFrame({0: ["a", "b"]})) == ["a", "b"]
+    assert pyfunc.prompts_of("a") == ["a"]
     with pytest.raises(ValueError, match="'prompt' column"):
-        pyfunc_model.prompts_of(pd.DataFrame({"x": ["a"], "y": ["b"]}))
+        pyfunc.prompts_of(pd.DataFrame({"x": ["a"], "y": ["b"]}))

@@ -14,7 +14,8 @@ from t2v.loader import dataset_info, make_loader, train_shards
 from t2v.sampler import load_generator
 from t2v import dataset
 from t2v.shards import DataParams
-from t2v.train import PROFILES, TrainConfig, TrainHooks, config_for, train
+from t2v.config import PROFILES, TrainConfig, config_for
+from t2v.train import TrainHooks, train
 
 MOTIONS = ("moving up", "bouncing vertically", "spinning clockwise")  # two held-out pairs among them
 TINY = dict(batch_size=4, num_workers=0, shuffle_buffer=16, z_dim=8, text_dim=16, width=8, log_every=1,

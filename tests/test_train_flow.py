@@ -15,9 +15,8 @@ from mlflow import MlflowClient
 
 from t2v import dataset
 from t2v.shards import DataParams
-from t2v.train import config_for
-from tasks import tracking
-from tasks.train import model_code_version, prepare
+from registry import tracking
+from t2v.config import check_train_request, config_for, model_code_version, run_dir
 
 # 2 motions x 2 colours x 2 shapes, 8 frames of 32x32: a dataset in about a second.
 TINY_DATA = DataParams(motions=("moving up", "bouncing vertically"), colors=("red", "blue"),
@@ -90,7 +89,8 @@ def test_training_writes_checkpoint_mlflow_run_and_registered_version(
     state, r = trained[model]
     assert task_states(state) == ["Completed"]
     assert r["step"] == 2 and r["resumed_from"] is None and r["cached"] is False
-    assert Path(r["checkpoint"]) == data_dir / "runs" / f"{model}-cpu-demo" / "checkpoints" / "last.pt"
+    cfg = config_for("cpu-demo", model=model, max_steps=2, **TINY_TRAIN)
+    assert Path(r["checkpoint"]) == run_dir(data_dir, cfg, r["manifest_checksum"]) / "checkpoints" / "last.pt"
     assert checkpoint_step(r["checkpoint"]) == 2
 
     client = MlflowClient(mlflow_store)
@@ -170,15 +170,15 @@ def test_bad_input_fails_before_any_work(prefect_api: str, mlflow_store: str, da
     from flows.train import train_stage
 
     with pytest.raises(FileNotFoundError, match=r"manifest\.parquet.*t2v data"):
-        prepare(tmp_path / "nothing-here")
+        check_train_request(tmp_path / "nothing-here")
     with pytest.raises(ValueError, match="valid models: video, baseline"):
-        prepare(data_dir, model="gan")
+        check_train_request(data_dir, model="gan")
     with pytest.raises(ValueError, match="valid profiles: cpu-demo, gpu"):
-        prepare(data_dir, profile="laptop")
+        check_train_request(data_dir, profile="laptop")
     with pytest.raises(ValueError, match=r"unknown config field\(s\) learning_rate; valid fields: .*lr_g"):
-        prepare(data_dir, overrides={"learning_rate": 1})
+        check_train_request(data_dir, overrides={"learning_rate": 1})
     with pytest.raises(ValueError, match="own parameter"):
-        prepare(data_dir, overrides={"model": "baseline"})
+        check_train_request(data_dir, overrides={"model": "baseline"})
 
     n_runs = len(MlflowClient(mlflow_store).search_runs(
         [e.experiment_id for e in MlflowClient(mlflow_store).search_experiments()]))
@@ -195,7 +195,7 @@ def test_checkpoint_of_another_config_is_refused_before_work(trained: dict[str, 
                                                              data_dir: Path) -> None:
     out = Path(trained["video"][1]["checkpoint"]).parents[1]
     with pytest.raises(ValueError, match="different config.*lr_g"):
-        prepare(data_dir, max_steps=2, out=out, overrides={**TINY_TRAIN, "lr_g": 0.5})
+        check_train_request(data_dir, max_steps=2, out=out, overrides={**TINY_TRAIN, "lr_g": 0.5})
     assert checkpoint_step(out / "checkpoints" / "last.pt") == 2
 
 

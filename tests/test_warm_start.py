@@ -11,6 +11,7 @@ import torch.nn as nn
 from t2v import train as t2v_train
 from t2v import dataset
 from t2v.shards import DataParams
+from t2v.config import config_for
 from t2v.train import _copy_matching
 
 
@@ -36,9 +37,9 @@ def load(path: Path) -> dict[str, torch.Tensor]:
 
 def test_fresh_run_starts_from_the_exported_generator(tiny_data: Path, tmp_path: Path) -> None:
     common = dict(max_steps=2, batch_size=4, num_workers=0, log_every=1, ckpt_every=100, sample_every=100)
-    first = t2v_train.train(t2v_train.config_for("cpu-demo", **common), tiny_data, tmp_path / "a")
-    cold = t2v_train.train(t2v_train.config_for("cpu-demo", **common, seed=1), tiny_data, tmp_path / "cold")
-    warm = t2v_train.train(t2v_train.config_for("cpu-demo", **common, seed=1, lr_g=1e-12,
+    first = t2v_train.train(config_for("cpu-demo", **common), tiny_data, tmp_path / "a")
+    cold = t2v_train.train(config_for("cpu-demo", **common, seed=1), tiny_data, tmp_path / "cold")
+    warm = t2v_train.train(config_for("cpu-demo", **common, seed=1, lr_g=1e-12,
                                                 init_from=str(first.export_dir)), tiny_data, tmp_path / "warm")
     a, c, w = (load(r.export_dir / "text_encoder.pt") for r in (first, cold, warm))
     assert all(torch.allclose(a[k], w[k], atol=1e-5) for k in a)  # started from, and (lr ~ 0) stayed at, A
@@ -46,7 +47,7 @@ def test_fresh_run_starts_from_the_exported_generator(tiny_data: Path, tmp_path:
 
 
 def test_init_from_must_be_an_export(tiny_data: Path, tmp_path: Path) -> None:
-    cfg = t2v_train.config_for("cpu-demo", max_steps=1, batch_size=4, num_workers=0, init_from=str(tmp_path))
+    cfg = config_for("cpu-demo", max_steps=1, batch_size=4, num_workers=0, init_from=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not a generator export"):
         t2v_train.train(cfg, tiny_data, tmp_path / "out")
 
@@ -58,7 +59,7 @@ def test_champion_export_downloads_the_champions_generator(prefect_api: str, tmp
 
     from t2v.models import GeneratorSpec, build_generator
     from t2v.sampler import export_generator, load_generator
-    from tasks import pyfunc_model, tracking
+    from registry import pyfunc, tracking
     from tasks.train import champion_export
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -67,8 +68,8 @@ def test_champion_export_downloads_the_champions_generator(prefect_api: str, tmp
     t = tracking.configure()
     try:
         with mlflow.start_run(experiment_id=t.experiment_id):
-            info = pyfunc_model.log_generator(export, 8, 32)
-        t.client().set_registered_model_alias(pyfunc_model.REGISTERED_MODEL, "champion", info.registered_model_version)
+            info = pyfunc.log_generator(export, 8, 32)
+        t.client().set_registered_model_alias(pyfunc.REGISTERED_MODEL, "champion", info.registered_model_version)
 
         @flow
         def fetch() -> str | None:

@@ -22,10 +22,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from t2v.shards import atomic_write_bytes
+from t2v.config import DEFAULT_EXPERIMENT, RUN_RECORD
+from t2v.io import atomic_write_bytes
 
-DEFAULT_EXPERIMENT = "t2v"
-RUN_RECORD = "mlflow_run.json"
+
 CHECKPOINT_TAG = "checkpoint.step"  # set on a run each time its training writes a checkpoint
 OWNER_TAG = "t2v.owner"  # host:pid:start-time of the process training the run
 KILLED_TAG = "t2v.killed"  # why a later training marked this run KILLED

@@ -170,7 +170,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="video", help="video (default) or baseline")
     p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default) or gpu")
     p.add_argument("--max-steps", type=int, help="training steps (default: the profile's)")
-    p.add_argument("--out", help="run directory (default: DATA/runs/MODEL-PROFILE); holds checkpoints, resumed from")
+    p.add_argument("--out", help="run directory (default: DATA/runs/MODEL-PROFILE-MANIFEST-KEY, one per dataset "
+                                 "version, config and model code); holds checkpoints, resumed from")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any training config field, e.g. --set batch_size=64 --set lr_g=5e-4 (repeatable)")
     p.add_argument("--experiment", default="t2v", help="MLflow experiment (default t2v)")
@@ -191,11 +192,11 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from tasks.train import prepare
+    from t2v.config import check_train_request
 
     overrides = parse_overrides(args.overrides)
-    try:  # the flow validates again; doing it here first keeps bad input fast and free of Prefect
-        prepare(args.data, args.model, args.profile, args.max_steps, args.out, overrides, args.experiment)
+    try:  # the flow checks again (it is also a deployment's entry); here first keeps bad input fast and torch-free
+        check_train_request(args.data, args.model, args.profile, args.max_steps, args.out, overrides, args.experiment)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
@@ -233,10 +234,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from tasks.evaluate import prepare
+    from registry.evaluation import check_eval_request
 
-    try:  # the flow validates again; doing it here first keeps bad input fast and free of Prefect runs
-        req = prepare(args.model, args.data, args.samples, args.seen_prompts, args.seed)
+    try:  # the flow checks again; here first keeps bad input fast and free of Prefect runs
+        req = check_eval_request(args.model, args.data, args.samples, args.seen_prompts, args.seed)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
@@ -289,17 +290,16 @@ def run_generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from e
 
+    from registry import tracking, versions
     from t2v.evaluate import tile
-    from tasks import tracking
-    from tasks.evaluate import client_for, load_generator, resolve_model
 
     uri = tracking.tracking_uri()
     try:
-        ref = resolve_model(args.model, client_for(uri))
+        ref = versions.resolve_model(args.model, versions.client_for(uri))
     except ValueError as e:
         raise UsageError(str(e)) from e
     text = prompt.text
-    clips = load_generator(ref.uri, uri)([text] * args.samples, args.seed)  # (N, T, H, W, 3) uint8
+    clips = versions.load_registered(ref.uri, uri)([text] * args.samples, args.seed)  # (N, T, H, W, 3) uint8
     if args.output.suffix.lower() == ".png":
         path = media.write_contact_sheet(args.output, [(f"{text} #{i}", c) for i, c in enumerate(clips)])
     else:
@@ -350,16 +350,14 @@ def run_pipeline(args: argparse.Namespace) -> int:
             raise ValueError(f"workers must be a positive integer, got {args.workers}")
         dataset.validate_request(DataParams(motions=tuple(args.motions or ()), clips_per_combo=args.clips_per_combo),
                                  args.out)
-        from t2v import train as t2v_train
+        from t2v.config import check_train_config
 
-        if args.model not in t2v_train.MODELS:
-            raise ValueError(f"unknown model {args.model!r}; valid models: {', '.join(t2v_train.MODELS)}")
-        t2v_train.config_for(args.profile, model=args.model, **overrides)
-    except (ValueError, TypeError) as e:
+        check_train_config(args.model, args.profile, args.max_steps, overrides)  # the dataset does not exist yet
+    except (ValueError, TypeError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
     from flows.pipeline import full_pipeline
-    from tasks import tracking
+    from registry import tracking
 
     r = full_pipeline(out=args.out, motions=args.motions, clips_per_combo=args.clips_per_combo,
                       workers=args.workers, model=args.model, profile=args.profile, max_steps=args.max_steps,
@@ -415,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in SPAWNING:
         for key, value in PREFECT_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        from flows import watchdog
+        from cli import watchdog
 
         watchdog.start()  # a SIGKILL of this command takes its Prefect server and workers with it
     try:

@@ -8,7 +8,7 @@ gone, for whatever reason, it ends every process that carries the session id or 
 the command's descendants (forked children, whose inherited environment `/proc` does not show):
 SIGTERM, then SIGKILL after a grace period.
 
-Usage (internal): python -m flows.watchdog PID SESSION
+Usage (internal): python -m cli.watchdog PID SESSION
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def start() -> subprocess.Popen:
     """Tag this process's future children and start the watchdog for them; returns its process."""
     session = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != SESSION_ENV}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.watchdog", str(os.getpid()), session],
+    proc = subprocess.Popen([sys.executable, "-m", "cli.watchdog", str(os.getpid()), session],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**env, "PYTHONPATH": os.pathsep.join(filter(None, [_repo(), env.get("PYTHONPATH")]))},
                             start_new_session=True)

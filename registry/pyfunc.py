@@ -1,0 +1,107 @@
+"""The shipped generator as an MLflow pyfunc model, and logging + registering it.
+
+Contract: `mlflow.pyfunc.load_model(uri).predict(prompts, params={"seed": 0})`, where `prompts` is a
+list of strings or a DataFrame with a `prompt` column, returns uint8 clips (N, T, H, W, 3). The model
+carries the sampler's export directory as an artifact and loads it with `t2v.sampler.load_generator`,
+so serving needs the project installed and nothing from the checkout or its `data/`.
+
+The input schema is one unnamed string column: MLflow then accepts both a plain list of prompts and
+a DataFrame (a named `prompt` column would reject lists). The wrapper is pickled by reference to this
+module, which is part of the installed package.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+REGISTERED_MODEL = "t2v-generator"
+ARTIFACT_KEY = "generator"  # the export directory inside the model's artifacts
+MODEL_NAME = "generator"  # the logged model's name within its run
+DEVICE_ENV = "T2V_DEVICE"  # serving device override ("cpu", "cuda", "cuda:1"); default: cuda when available
+
+
+def prompts_of(model_input: Any) -> list[str]:
+    """Prompts from what pyfunc hands over: a DataFrame (`prompt` column, else its only column), a
+    Series, an array or a list of strings."""
+    if isinstance(model_input, pd.DataFrame):
+        if "prompt" in model_input.columns:
+            col = model_input["prompt"]
+        elif model_input.shape[1] == 1:
+            col = model_input.iloc[:, 0]
+        else:
+            raise ValueError(f"expected a 'prompt' column, got columns {list(model_input.columns)}")
+        return [str(p) for p in col.tolist()]
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, (pd.Series, np.ndarray, list, tuple)):
+        return [str(p) for p in np.asarray(model_input, dtype=object).reshape(-1).tolist()]
+    raise TypeError(f"prompts must be a list of strings or a DataFrame with a 'prompt' column, "
+                    f"got {type(model_input).__name__}")
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper around `t2v.sampler.Sampler`; holds no state until `load_context`."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import torch
+
+        from t2v.sampler import load_generator
+
+        device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.sampler = load_generator(Path(context.artifacts[ARTIFACT_KEY]), device)
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        """Clips for the prompts, deterministic per `seed`. # (N, T, H, W, 3) uint8
+
+        The signature makes pyfunc hand over a DataFrame whether the caller passed a list or a frame
+        (the DataFrame hint also keeps MLflow from attempting type-hint validation of its own)."""
+        seed = int((params or {}).get("seed", 0))
+        return self.sampler.generate(prompts_of(model_input), seed=seed)
+
+
+def signature(frames: int, size: int) -> ModelSignature:
+    """Prompts in, (N, T, H, W, 3) uint8 out, `seed` (int, default 0) as a param."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, frames, size, size, 3))]),
+        params=ParamSchema([ParamSpec("seed", "long", 0)]),
+    )
+
+
+def _pin(dist: str) -> str:
+    """`dist==version` as installed here (local build tags such as +cpu dropped); bare name when absent."""
+    try:
+        return f"{dist}=={importlib.metadata.version(dist).split('+')[0]}"
+    except importlib.metadata.PackageNotFoundError:
+        return dist
+
+
+def requirements() -> list[str]:
+    """Serving requirements, stated rather than inferred (inference loads the model in a subprocess)."""
+    return [_pin(d) for d in ("t2v-pipeline", "mlflow", "torch", "numpy", "pandas")]
+
+
+def log_generator(export_dir: Path, frames: int, size: int, registered_model: str | None = REGISTERED_MODEL,
+                  metadata: dict[str, Any] | None = None) -> ModelInfo:
+    """Log `export_dir` (a `t2v.sampler` export) as a pyfunc model in the active run and, when
+    `registered_model` is given, register it as a new version of that model."""
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=GeneratorModel(),
+        artifacts={ARTIFACT_KEY: str(export_dir)},
+        signature=signature(frames, size),
+        pip_requirements=requirements(),
+        registered_model_name=registered_model,
+        metadata=metadata,
+    )

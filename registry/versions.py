@@ -1,0 +1,173 @@
+"""Registered generator versions: naming one by URI, loading it, registering a new one, the `champion`.
+
+Every MLflow registry call of the pipeline is here, so the alias, the tags a version carries and the
+URI forms have one home.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+import numpy as np
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from registry import pyfunc, tracking
+from t2v.evaluate import GenerateFn
+from t2v.io import atomic_dir
+
+CHAMPION = "champion"  # the alias of the version that is shipped; moved only by `set_champion`
+REGISTERED_MODEL = pyfunc.REGISTERED_MODEL
+MODEL_URI_FORMS = "models:/<name>/<version>, models:/<name>/latest or models:/<name>@<alias>"
+EVAL_ARTIFACTS = "eval"  # where an evaluation's media go in the training run's artifacts
+METRIC_PREFIX = "eval/"  # evaluation metrics on the training run
+TAG_PREFIX = "eval."  # evaluation tags on the version
+
+
+def client_for(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=tracking.registry_uri(uri))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered model version and the training run it came from."""
+
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def resolve_model(uri: str | None, client: MlflowClient) -> ModelRef:
+    """A registry URI to the version it names now (default: the latest version of t2v-generator).
+
+    Raises ValueError naming the URI and the accepted forms, or saying that nothing is registered.
+    """
+    uri = uri or f"models:/{REGISTERED_MODEL}/latest"
+    m = re.fullmatch(r"models:/([^/@]+)(?:/([^/@]+)|@([^/@]+))", uri.strip())
+    if not m:
+        raise ValueError(f"cannot evaluate {uri!r}: give a registered model as {MODEL_URI_FORMS}")
+    name, version, alias = m.groups()
+    try:
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        elif version == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise MlflowException(f"no versions of {name!r}")
+            mv = max(versions, key=lambda v: int(v.version))
+        else:
+            if not version.isdigit():
+                raise ValueError(f"cannot evaluate {uri!r}: version {version!r} is not a number; "
+                                 f"give {MODEL_URI_FORMS}")
+            mv = client.get_model_version(name, version)
+    except MlflowException as e:
+        raise ValueError(f"no registered model behind {uri!r} in {client.tracking_uri} ({e.message.splitlines()[0]}); "
+                         f"train one first (t2v train) or pass another --model") from None
+    if not mv.run_id:
+        raise ValueError(f"{uri!r} (version {mv.version}) has no training run to log the evaluation to")
+    return ModelRef(mv.name, str(mv.version), mv.run_id)
+
+
+def current_champion(client: MlflowClient, name: str) -> ModelRef | None:
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return ModelRef(mv.name, str(mv.version), mv.run_id)
+
+
+def load_registered(uri: str, tracking_uri: str | None = None) -> GenerateFn:
+    """A registered generator as `generate(prompts, seed) -> uint8 clips`, through its pyfunc flavour."""
+    mlflow.set_tracking_uri(tracking_uri or tracking.tracking_uri())
+    model = mlflow.pyfunc.load_model(uri)
+
+    def generate(prompts: list[str], seed: int) -> np.ndarray:
+        return np.asarray(model.predict(list(prompts), params={"seed": int(seed)}))
+
+    return generate
+
+
+def _existing_version(client: mlflow.MlflowClient, name: str, run_id: str, step: int) -> Any | None:
+    """The version this run already registered for this step (a retry after registering registers nothing new)."""
+    for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if v.tags.get("step") == str(step):
+            return v
+    return None
+
+
+def register_generator(t: tracking.Tracking, run_id: str, export_dir: Path, step: int, model: str,
+                       frames: int, size: int, registered_model: str, tags: Mapping[str, str]) -> tuple[str, str]:
+    """Log the shipped generator as a pyfunc model and register it; returns (version, logged model URI)."""
+    client = t.client()
+    found = _existing_version(client, registered_model, run_id, step)
+    if found is not None:
+        return str(found.version), str(found.source)
+    info = pyfunc.log_generator(export_dir, frames, size, registered_model,
+                                metadata={"step": step, **tags})
+    version = str(info.registered_model_version)
+    for k, v in {**tags, "step": str(step)}.items():
+        client.set_model_version_tag(registered_model, version, k, v)
+    client.set_registered_model_alias(registered_model, f"{model}-latest", version)
+    return version, info.model_uri
+
+
+def log_evaluation(client: MlflowClient, ref: ModelRef, metrics: Mapping[str, float], out_dir: Path,
+                   tags: Mapping[str, str]) -> None:
+    """All finite metrics (prefixed eval/) and the media directory on the version's training run, and
+    `tags` (prefixed eval.) on the version."""
+    run_id = ref.run_id
+    now = int(time.time() * 1000)
+    items = [Metric(f"{METRIC_PREFIX}{k}", float(v), now, 0) for k, v in sorted(metrics.items()) if np.isfinite(v)]
+    for i in range(0, len(items), 1000):  # log_batch takes at most 1000 metrics per call
+        client.log_batch(run_id, metrics=items[i:i + 1000])
+    client.log_artifacts(run_id, str(out_dir), artifact_path=EVAL_ARTIFACTS)
+    for k, v in tags.items():
+        client.set_model_version_tag(ref.name, ref.version, f"{TAG_PREFIX}{k}", v)
+
+
+def run_link(client: MlflowClient, uri: str, run_id: str) -> str:
+    """The MLflow UI page of a run, found by its id alone."""
+    exp = client.get_run(run_id).info.experiment_id
+    return tracking.run_link(tracking.Tracking(uri, tracking.registry_uri(uri), exp, ""), run_id)
+
+
+
+
+def set_champion(client: MlflowClient, ref: ModelRef, promote: bool, tags: Mapping[str, str]) -> None:
+    """Record a champion decision on the challenger's version (tags prefixed eval.) and, when it won,
+    move the alias to it."""
+    for k, v in tags.items():
+        client.set_model_version_tag(ref.name, ref.version, f"{TAG_PREFIX}{k}", v)
+    if promote:
+        client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
+
+
+def download_export(client: MlflowClient, name: str, version: str, dest: Path) -> Path:
+    """A version's generator export (`t2v.sampler` files), downloaded once into `dest`, atomically."""
+    if not (dest / "generator.pt").is_file():
+        with tempfile.TemporaryDirectory() as dl, atomic_dir(dest) as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=dl, tracking_uri=client.tracking_uri))
+            found = sorted((local / "artifacts").rglob("generator.pt"))  # MLflow names the folder after the export dir
+            if not found:
+                raise FileNotFoundError(f"{name} version {version} holds no generator export")
+            shutil.copytree(found[0].parent, tmp, dirs_exist_ok=True)
+    return dest
+
+
+def champion_version(client: MlflowClient, name: str = REGISTERED_MODEL) -> str | None:
+    """The version the alias names now; None when there is no champion yet."""
+    ref = current_champion(client, name)
+    return ref.version if ref else None

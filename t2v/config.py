@@ -1,0 +1,316 @@
+"""What a training is, checked before any work: the config, its profiles, and the train request.
+
+Torch-free on purpose: the CLI and the flows check a request (`check_train_request`) and name its run
+directory (`run_dir`) without importing torch, Prefect or MLflow. `TrainConfig` is a frozen dataclass;
+`config_for(profile, **overrides)` is the only way to make one (strings from the CLI are coerced to
+each field's type, bad values named with what is valid). The numbers behind the defaults are in the
+README's design note.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from t2v import dataset
+from t2v.io import source_hash
+
+CKPT_NAME = "last.pt"  # under <run dir>/checkpoints/, with its metadata beside it as last.json
+RUN_RECORD = "mlflow_run.json"  # under the run dir: the MLflow run a training continues
+MODEL_CODE = ("t2v.models", "t2v.train", "t2v.checkpoint", "t2v.text", "t2v.sampler", "t2v.loader")  # decides the weights
+DEFAULT_EXPERIMENT = "t2v"  # the MLflow experiment a training logs to unless told
+SET_BY_PARAMETER = ("model", "profile")  # TrainConfig fields that have their own flow/CLI parameter
+
+MODELS = ("video", "baseline")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Frames and frame size come from the dataset."""
+
+    model: str = "video"  # the clip-level GAN; "baseline" is the tutorial's per-frame GAN for the comparison row
+    profile: str = "cpu-demo"  # which preset these values came from (logged, not used by the loop)
+    max_steps: int = 2400  # ~6.5 min on 2 CPU cores at batch 32 for `video` (the cpu-demo time cap stops it first there)
+    max_seconds: float = 0.0  # wall-clock cap on the loop (0 = none): keeps the demo inside its time box on a slow CPU
+    batch_size: int = 32  # clips per step: enough to mix motions, small enough for ~5 steps/s on CPU
+    lr_g: float = 1e-3  # the layered generator has few, well-conditioned parameters: a high rate learns in minutes
+    lr_d: float = 1e-3  # matched to G (hinge + spectral norm keep D from running away)
+    betas: tuple[float, float] = (0.5, 0.99)  # low beta1, the usual GAN choice; beta2 0.99 reacts faster than 0.999
+    ema_decay: float = 0.99  # short horizon: a 1.5k-step run must still let the EMA move
+    ema_start: int = 100  # steps before the EMA starts averaging (it copies G until then)
+    r1_weight: float = 1.0  # R1 penalty on the pixel critics' real inputs: without it some seeds collapse into pale spiky shapes
+    r1_every: int = 4  # lazy R1: pay the double backward once every N steps (~10% of step time)
+    aux_weight: float = 1.0  # AC-GAN classification heads (colour, shape, motion): fast prompt following
+    mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
+    convex_weight: float = 3.0  # prior on G's sprite: penalise dents (lumpy stars); 3 over 1 and 0.3 sharpened squares on seed 1 (m4 0.39 vs 0.22, 0.02)
+    color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
+    z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
+    text_dim: int = 64  # width of each text code
+    width: int = 16  # conv critics' base channels: 32 learned no faster on CPU and costs 2x
+    frame_samples: int = 2  # frames per clip the frame discriminator judges (at full resolution)
+    ckpt_every: int = 250  # a crash costs at most ~1 min of CPU training
+    log_every: int = 25  # metrics cadence: cheap, and enough points for a curve
+    sample_every: int = 250  # sample-grid cadence (EMA generator on fixed prompts)
+    select_every: int = 250  # judge the EMA on every train prompt this often and ship the best (0 = ship the last):
+    # a GAN's last step is a draw from its oscillation, and one ~1 s check picks the good phase
+    seed: int = 0  # model init, noise and data order
+    device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu" / "cuda" / "cuda:N"
+    compile: bool = False  # torch.compile the generator/discriminators (CUDA only; slow start, pays off on long runs)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 conv is slower)
+    num_workers: int = 0  # DataLoader workers decoding PNGs; 0 = in the training process: on 2 cores a worker costs a torch thread (6.2 vs 4.6 steps/s)
+    shuffle_buffer: int = 512  # samples held per worker for shuffling, on top of interleaving every shard
+    init_from: str = ""  # warm start: an export dir whose generator/text weights start a fresh run ("" = random init)
+    threads: int = 0  # torch intra-op threads on CPU; 0 = one per core left after the loader workers (oversubscribed OpenMP stalls)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able values for logging as params."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a checkpoint must agree on to be resumed (run-length, logging and hardware fields may change)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+
+
+# Fields that change how long or where a run goes, not what it learns: resuming may change them.
+RUN_ONLY_FIELDS = frozenset({
+    "profile", "max_steps", "max_seconds", "ckpt_every", "log_every", "sample_every", "select_every", "device",
+    "compile", "amp", "num_workers", "shuffle_buffer", "threads",
+})
+
+PROFILES: dict[str, TrainConfig] = {
+    # ~6 minutes on 2 CPU cores including data start-up: the `make demo` default.
+    "cpu-demo": TrainConfig(profile="cpu-demo", max_steps=2400, max_seconds=330.0),
+    # one GPU: bigger batches, longer, bf16; still minutes, not hours.
+    "gpu": TrainConfig(profile="gpu", max_steps=6000, batch_size=128, num_workers=6, shuffle_buffer=2000,
+                       ckpt_every=1000, log_every=50, sample_every=1000, select_every=500, ema_decay=0.995,
+                       ema_start=500),
+}
+
+
+# The tutorial's optimiser and batch, applied whenever model="baseline" unless a field is overridden;
+# it ships its last generator (no selection, which would also spend ~8 s a time judging its noise).
+BASELINE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999),
+                                     "select_every": 0}
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Accept CLI/flow strings for typed fields ("64" -> 64, "true" -> True, "0.5,0.9" -> (0.5, 0.9))."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        elem = typing.get_args(typ)
+        if len(parts) != len(elem):
+            raise ValueError(f"{name} needs {len(elem)} values, got {value!r}")
+        return tuple(_coerce(name, p, t) for p, t in zip(parts, elem))
+    if typ is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return bool(value)
+    if typ in (int, float):
+        try:
+            out = typ(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be {typ.__name__}, got {value!r}") from None
+        if typ is int and isinstance(value, float) and value != out:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return out
+    if typ is str:
+        return str(value)
+    return value
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject bad values before any work, naming the field and what is valid."""
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}")
+    for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
+                 "width", "frame_samples", "r1_every"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)!r}")
+    for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every", "seed"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+    for name in ("lr_g", "lr_d"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+    if not (0.0 <= cfg.ema_decay < 1.0):
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
+    if not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise ValueError(f"betas must be in [0, 1), got {cfg.betas!r}")
+    if not (0.0 <= cfg.color_dropout <= 1.0):
+        raise ValueError(f"color_dropout must be in [0, 1], got {cfg.color_dropout!r}")
+    if cfg.max_seconds < 0 or cfg.r1_weight < 0 or cfg.aux_weight < 0 or cfg.mismatch_weight < 0:
+        raise ValueError("max_seconds, r1_weight, aux_weight and mismatch_weight must be >= 0")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def config_for(profile: str = "cpu-demo", **overrides: Any) -> TrainConfig:
+    """The profile's config with `overrides` applied (strings are converted to the field's type).
+
+    model="baseline" also takes the tutorial's batch size and Adam settings (BASELINE_DEFAULTS)
+    unless those fields are overridden too.
+
+    Unknown profile or field -> ValueError listing the valid ones; bad values -> ValueError naming the field."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(overrides) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(hints)}")
+    values = {k: _coerce(k, v, hints[k]) for k, v in overrides.items() if v is not None}
+    if values.get("model", PROFILES[profile].model) == "baseline":
+        values = {**BASELINE_DEFAULTS, **values}
+    cfg = dataclasses.replace(PROFILES[profile], **values)
+    validate(cfg)
+    return cfg
+
+
+EXPORT_WEIGHTS = ("generator.pt", "text_encoder.pt")  # what a warm start reads from an export
+
+
+def check_export(export_dir: Path) -> None:
+    """FileNotFoundError naming `init_from` unless it holds a generator export's weights."""
+    for name in EXPORT_WEIGHTS:
+        if not (Path(export_dir) / name).is_file():
+            raise FileNotFoundError(f"init_from={str(export_dir)!r} is not a generator export: {name} is missing")
+
+
+
+
+def check_device(name: str) -> None:
+    """ValueError when `name` asks for CUDA on a machine without it (imports torch only then)."""
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for but CUDA is not available; use device=auto or cpu")
+
+
+def config_key(cfg: TrainConfig) -> str:
+    """Hash of what a checkpoint must agree on to be resumed (run length, logging and hardware aside)."""
+    return hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_code_version() -> str:
+    """Hash of the model, loop, checkpoint, text, sampler and loader sources: part of the training cache key."""
+    return source_hash(*MODEL_CODE)
+
+
+def from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """A config back from `TrainConfig.to_dict()` (JSON lists back to tuples); it was checked when made."""
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def run_dir(root: str | os.PathLike[str], cfg: TrainConfig, manifest_checksum: str) -> Path:
+    """`<root>/runs/<model>-<profile>-<manifest checksum>-<config+code key>`: one training dir per
+    (dataset version, config, model code). A grown dataset, a changed config or new model code trains
+    afresh; the same ones resume (run-length fields aside)."""
+    key = hashlib.sha256(f"{config_key(cfg)}|{model_code_version()}".encode()).hexdigest()[:8]
+    return Path(root).expanduser().absolute() / "runs" / f"{cfg.model}-{cfg.profile}-{manifest_checksum[:12]}-{key}"
+
+
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """{"step", "config", "data"} of a checkpoint, from the JSON written beside it (torch-free); a
+    checkpoint from before the sidecar existed is opened with torch instead."""
+    side = Path(path).with_suffix(".json")
+    if side.is_file():
+        return json.loads(side.read_text())
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return {"step": int(ckpt["step"]), "config": ckpt["config"], "data": ckpt["data"]}
+
+
+def check_resumable(meta: Mapping[str, Any], cfg: TrainConfig, frames: int, size: int, path: Path) -> None:
+    """A checkpoint resumes only a run of the same config (run-length/logging/hardware fields aside) and clip geometry."""
+    saved = {k: v for k, v in meta["config"].items() if k not in RUN_ONLY_FIELDS}
+    diff = {k: (saved.get(k), v) for k, v in cfg.identity().items() if saved.get(k) != v}
+    if meta["data"] != {"frames": frames, "size": size}:
+        diff["data"] = (meta["data"], {"frames": frames, "size": size})
+    if diff:
+        what = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{path} belongs to a run with a different config ({what}); resume with the same "
+                         f"config, or train into a new out_dir")
+
+
+def check_train_config(model: str = "video", profile: str = "cpu-demo", max_steps: int | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The config a training request names, or ValueError naming the bad model, profile, field or value."""
+    overrides = dict(overrides or {})
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    clash = [k for k in SET_BY_PARAMETER if k in overrides]
+    if clash:
+        raise ValueError(f"set {', '.join(clash)} with its own parameter (--{clash[0]}), not as an override")
+    if max_steps is not None:
+        if "max_steps" in overrides and str(overrides["max_steps"]) != str(max_steps):
+            raise ValueError(f"max_steps given twice: {max_steps} and override {overrides['max_steps']!r}")
+        overrides["max_steps"] = max_steps
+    cfg = config_for(profile, model=model, **overrides)
+    check_device(cfg.device)
+    if cfg.init_from:
+        check_export(Path(cfg.init_from))
+    return cfg
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A checked training request: everything the task needs, nothing computed from arrays."""
+
+    data_dir: Path  # absolute
+    out_dir: Path  # absolute
+    config: TrainConfig
+    manifest_checksum: str
+    frames: int  # clip geometry of the dataset (T)
+    size: int  # H = W
+    experiment: str
+
+
+def check_train_request(data: str | os.PathLike[str], model: str = "video", profile: str = "cpu-demo",
+                        max_steps: int | None = None, out: str | os.PathLike[str] | None = None,
+                        overrides: Mapping[str, Any] | None = None,
+                        experiment: str = DEFAULT_EXPERIMENT) -> TrainRequest:
+    """Every check of a training request, before any directory, MLflow run or Prefect task exists; the
+    CLI and the train-stage flow both call it. Torch-free unless a GPU or an old checkpoint must be looked at.
+
+    Raises ValueError / FileNotFoundError naming the bad value and the valid choices: a dataset dir
+    without `manifest.parquet`, an unknown model, profile or config field, a bad value, a device that
+    is not there, an `init_from` that is not an export, an empty experiment name, or an output dir
+    whose checkpoint belongs to another config or dataset.
+    """
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ValueError(f"experiment must be a non-empty MLflow experiment name, got {experiment!r}")
+    data_dir = Path(data).expanduser().absolute()
+    manifest = data_dir / dataset.MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no dataset at {str(data_dir)!r}: {str(manifest)!r} does not exist; build one "
+                                f"first with `t2v data --out {data} --clips-per-combo N`")
+    cfg = check_train_config(model, profile, max_steps, overrides)
+    frames, height, width = dataset.geometry(data_dir)
+    if height != width:
+        raise ValueError(f"clips must be square, got {height}x{width}")
+    dataset.shard_urls(data_dir, "train", verify=False)  # no train shards -> FileNotFoundError naming the dir
+    checksum = dataset.manifest_checksum(data_dir)
+    out_dir = dataset.check_output_dir(out if out is not None else run_dir(data_dir, cfg, checksum))
+    ckpt = out_dir / "checkpoints" / CKPT_NAME
+    if ckpt.is_file():
+        record = out_dir / RUN_RECORD
+        trained_on = json.loads(record.read_text()).get("manifest_checksum") if record.is_file() else None
+        if trained_on and trained_on != checksum:
+            raise ValueError(f"{str(out_dir)!r} holds a training on another version of the dataset (manifest "
+                             f"{trained_on[:12]}, now {checksum[:12]}); train into a new --out")
+        check_resumable(checkpoint_meta(ckpt), cfg, int(frames), int(height), ckpt)
+    return TrainRequest(data_dir, out_dir, cfg, checksum, int(frames), int(height), experiment)
