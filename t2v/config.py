@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from t2v import dataset
+from t2v import dataset, models
 from t2v.io import source_hash
 
 CKPT_NAME = "last.pt"  # under <run dir>/checkpoints/, with its metadata beside it as last.json
 RUN_RECORD = "mlflow_run.json"  # under the run dir: the MLflow run a training continues
-MODEL_CODE = ("t2v.models", "t2v.train", "t2v.checkpoint", "t2v.text", "t2v.sampler", "t2v.loader")  # decides the weights
+MODEL_CODE = ("t2v.models", "t2v.models.common", "t2v.train", "t2v.checkpoint", "t2v.text", "t2v.sampler",
+              "t2v.loader")  # with the family's own module: what decides the weights
 DEFAULT_EXPERIMENT = "t2v"  # the MLflow experiment a training logs to unless told
 SET_BY_PARAMETER = ("model", "profile")  # TrainConfig fields that have their own flow/CLI parameter
 
-MODELS = ("video", "baseline")
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,6 @@ PROFILES: dict[str, TrainConfig] = {
 }
 
 
-# The tutorial's optimiser and batch, applied whenever model="baseline" unless a field is overridden;
-# it ships its last generator (no selection, which would also spend ~8 s a time judging its noise).
-BASELINE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999),
-                                     "select_every": 0}
-
-
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Accept CLI/flow strings for typed fields ("64" -> 64, "true" -> True, "0.5,0.9" -> (0.5, 0.9))."""
     origin = typing.get_origin(typ)
@@ -131,8 +125,7 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
 
 def validate(cfg: TrainConfig) -> None:
     """Reject bad values before any work, naming the field and what is valid."""
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}")
+    models.family(cfg.model)  # unknown model -> ValueError naming the valid ones
     for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
                  "width", "frame_samples", "r1_every"):
         if getattr(cfg, name) <= 0:
@@ -158,7 +151,7 @@ def validate(cfg: TrainConfig) -> None:
 def config_for(profile: str = "cpu-demo", **overrides: Any) -> TrainConfig:
     """The profile's config with `overrides` applied (strings are converted to the field's type).
 
-    model="baseline" also takes the tutorial's batch size and Adam settings (BASELINE_DEFAULTS)
+    A model family's own defaults (the baseline's: the tutorial's batch size and Adam settings) apply
     unless those fields are overridden too.
 
     Unknown profile or field -> ValueError listing the valid ones; bad values -> ValueError naming the field."""
@@ -169,8 +162,7 @@ def config_for(profile: str = "cpu-demo", **overrides: Any) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(hints)}")
     values = {k: _coerce(k, v, hints[k]) for k, v in overrides.items() if v is not None}
-    if values.get("model", PROFILES[profile].model) == "baseline":
-        values = {**BASELINE_DEFAULTS, **values}
+    values = {**models.family(values.get("model", PROFILES[profile].model)).config_defaults, **values}
     cfg = dataclasses.replace(PROFILES[profile], **values)
     validate(cfg)
     return cfg
@@ -202,9 +194,10 @@ def config_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_code_version() -> str:
-    """Hash of the model, loop, checkpoint, text, sampler and loader sources: part of the training cache key."""
-    return source_hash(*MODEL_CODE)
+def model_code_version(model: str) -> str:
+    """Hash of the family's module and the shared model, loop, checkpoint, text, sampler and loader
+    sources: part of the training cache key (editing one family retrains only that family)."""
+    return source_hash(*MODEL_CODE, models.family(model).module)
 
 
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:
@@ -216,7 +209,7 @@ def run_dir(root: str | os.PathLike[str], cfg: TrainConfig, manifest_checksum: s
     """`<root>/runs/<model>-<profile>-<manifest checksum>-<config+code key>`: one training dir per
     (dataset version, config, model code). A grown dataset, a changed config or new model code trains
     afresh; the same ones resume (run-length fields aside)."""
-    key = hashlib.sha256(f"{config_key(cfg)}|{model_code_version()}".encode()).hexdigest()[:8]
+    key = hashlib.sha256(f"{config_key(cfg)}|{model_code_version(cfg.model)}".encode()).hexdigest()[:8]
     return Path(root).expanduser().absolute() / "runs" / f"{cfg.model}-{cfg.profile}-{manifest_checksum[:12]}-{key}"
 
 
@@ -248,8 +241,7 @@ def check_train_config(model: str = "video", profile: str = "cpu-demo", max_step
                        overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """The config a training request names, or ValueError naming the bad model, profile, field or value."""
     overrides = dict(overrides or {})
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    models.family(model)  # unknown model -> ValueError naming the valid ones
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     clash = [k for k in SET_BY_PARAMETER if k in overrides]

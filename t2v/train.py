@@ -21,14 +21,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from t2v import dataset, judge, text, vocab
-from t2v.loader import DatasetInfo, dataset_info, make_loader, to_model
-from t2v.models import (BASELINE_NOISE, BaselineDiscriminator, GeneratorSpec, VideoDiscriminators,
-                        build_generator, crop_real)
+from t2v import dataset, judge, models, text
 from t2v.checkpoint import load_checkpoint, restore, save_checkpoint
 from t2v.config import CKPT_NAME, TrainConfig, check_device, check_export, check_resumable
+from t2v.loader import DatasetInfo, dataset_info, make_loader
+from t2v.models import GeneratorSpec
+from t2v.models.common import Models
 from t2v.sampler import Sampler, export_generator
 
 @dataclass
@@ -67,53 +66,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass
-class Models:
-    """Everything a checkpoint holds besides the step and RNG states."""
-
-    spec: GeneratorSpec
-    generator: nn.Module
-    text_encoder: nn.Module
-    discriminator: nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    generator_ema: nn.Module | None = None  # video only: what is sampled and exported
-    text_encoder_ema: nn.Module | None = None
-
-    def modules(self) -> dict[str, nn.Module]:
-        out = {"generator": self.generator, "text_encoder": self.text_encoder, "discriminator": self.discriminator}
-        if self.generator_ema is not None:
-            out.update(generator_ema=self.generator_ema, text_encoder_ema=self.text_encoder_ema)
-        return out
-
-    def shipped(self) -> tuple[nn.Module, nn.Module]:
-        """The generator and text encoder that are sampled and exported (EMA for video)."""
-        if self.generator_ema is not None:
-            return self.generator_ema, self.text_encoder_ema
-        return self.generator, self.text_encoder
-
-
-def build(cfg: TrainConfig, info: DatasetInfo, device: torch.device) -> Models:
-    """Fresh models and optimisers for `cfg` on clips of `info`'s geometry."""
-    spec = GeneratorSpec(cfg.model, info.frames, info.size, cfg.z_dim, cfg.text_dim)
-    g, te = build_generator(spec)
-    if cfg.model == "baseline":
-        d = BaselineDiscriminator(info.size)
-        g, te, d = g.to(device), te.to(device), d.to(device)
-        # defect 7 reproduced: the text embedding is in no optimiser, so it stays at its random init
-        opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-        te.requires_grad_(False)
-        return Models(spec, g, te, d, opt_g, opt_d)
-    d = VideoDiscriminators(info.frames, info.size, spec.n_vocab, len(vocab.motion_names()), cfg.width,
-                            cfg.frame_samples)
-    g, te, d = g.to(device), te.to(device), d.to(device)
-    opt_g = torch.optim.Adam([*g.parameters(), *te.parameters()], lr=cfg.lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-    g_ema, te_ema = copy.deepcopy(g).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
-    return Models(spec, g, te, d, opt_g, opt_d, g_ema, te_ema)
-
-
 @torch.no_grad()
 def _copy_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> int:
     """Copy every tensor whose name matches; a tensor whose first dimension grew (a vocabulary that
@@ -147,189 +99,6 @@ def warm_start(m: Models, export_dir: Path, device: torch.device) -> int:
     if copied == 0:
         raise ValueError(f"init_from={str(export_dir)!r} shares no weights with model {m.spec}")
     return copied
-
-
-@torch.no_grad()  # else every lerp_ chains the EMA weights into the autograd graph, step after step
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, m in zip(ema.parameters(), model.parameters()):
-        e.lerp_(m, 1.0 - decay)
-    for e, m in zip(ema.buffers(), model.buffers()):
-        e.copy_(m)
-
-
-# ----------------------------------------------------------------------------- GAN steps
-
-def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy ignoring targets of -1 (a prompt with no colour word); 0 when every target is -1."""
-    keep = target >= 0
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep].float(), target[keep])
-
-
-def _hinge_real(s: torch.Tensor) -> torch.Tensor:
-    return F.relu(1.0 - s.float()).mean()
-
-
-def _hinge_fake(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    loss = F.relu(1.0 + s.float())
-    if mask is None:
-        return loss.mean()
-    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-class VideoStep:
-    """One GAN step of the clip model: update D (real, fake, real + wrong prompt, AC heads, lazy R1), then update G."""
-
-    def __init__(self, cfg: TrainConfig, m: Models, device: torch.device, start_step: int = 0) -> None:
-        self.cfg, self.m, self.device, self.start_step = cfg, m, device, start_step
-        self.amp = cfg.amp and device.type == "cuda"
-        self.views, self.TE, self.D = m.generator.views, m.text_encoder, m.discriminator
-        if cfg.compile and device.type == "cuda":
-            self.views, self.D = torch.compile(self.views), torch.compile(self.D)
-        self.calls = 0
-
-    def autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def aux_targets(self, lab: dict[str, torch.Tensor], K: int, true_color: bool) -> dict[str, torch.Tensor]:
-        """Class targets for every AC head (colour -1 = prompt without colour: ignored)."""
-        color = lab["true_color"] if true_color else lab["color"]
-        return {"frame_color": color.repeat_interleave(K), "frame_shape": lab["shape"].repeat_interleave(K),
-                "video_motion": lab["motion"], "video_color": color, "video_shape": lab["shape"],
-                "track_motion": lab["motion"], "track_shape": lab["shape"]}
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        cfg, m, dev = self.cfg, self.m, self.device
-        self.calls += 1
-        x = to_model(batch["clips"], dev)  # (B, 3, T, H, W)
-        centre = batch["centre"].to(dev, non_blocking=True)  # (B, T, 2)
-        lab = {k: batch[k].to(dev, non_blocking=True) for k in ("color", "shape", "motion", "true_color")}
-        ids = batch["ids"].to(dev, non_blocking=True)  # (B, L)
-        B, T, K = x.shape[0], x.shape[2], cfg.frame_samples
-        D: VideoDiscriminators = m.discriminator
-        z = torch.randn(B, cfg.z_dim, device=dev)
-        fidx = torch.randint(0, T, (B, K), device=dev)
-        real_crops = crop_real(x, fidx, centre[..., 0], centre[..., 1], D.crop)[0]  # (B, 3, K, c, c)
-        real_clip = F.avg_pool3d(x, (1, x.shape[-1] // D.res, x.shape[-1] // D.res))  # (B, 3, T, r, r)
-        # a real clip under another clip's prompt is a negative where that prompt is wrong for what the critic sees
-        perm = torch.roll(torch.arange(B, device=dev), 1)
-        ids_w = ids[perm]
-        color_w = lab["color"][perm]
-        color_wrong = (color_w >= 0) & (color_w != lab["true_color"])
-        shape_wrong = lab["shape"][perm] != lab["shape"]
-        motion_wrong = lab["motion"][perm] != lab["motion"]
-        wrong = {"frame": (color_wrong | shape_wrong).float().repeat_interleave(K),  # a frame shows no motion
-                 "video": (color_wrong | shape_wrong | motion_wrong).float(),
-                 "track": (shape_wrong | motion_wrong).float()}  # moments carry no colour
-
-        # (1) update D
-        self.D.requires_grad_(True)
-        m.opt_d.zero_grad(set_to_none=True)
-        with self.autocast():
-            fake_crops, fake_clip, concave = self.views(z, self.TE(ids), fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
-            h_r = self.D(real_crops, real_clip)
-            h_f = self.D(fake_crops.detach(), fake_clip.detach())
-            s_r, s_f, s_w = D.scores(h_r, ids), D.scores(h_f, ids), D.scores(h_r, ids_w)
-            adv_d = sum(_hinge_real(s_r[k]) + _hinge_fake(s_f[k]) + cfg.mismatch_weight * _hinge_fake(s_w[k], wrong[k])
-                        for k in s_r)
-            logits_r = D.logits(h_r)
-            targets = self.aux_targets(lab, K, true_color=True)
-            aux_d = sum(_ce(logits_r[k], targets[k]) for k in logits_r)
-            loss_d = adv_d + cfg.aux_weight * aux_d
-        r1 = torch.zeros((), device=dev)
-        if cfg.r1_weight > 0 and self.calls % cfg.r1_every == 0:
-            rc, rv = real_crops.detach().requires_grad_(True), real_clip.detach().requires_grad_(True)
-            s = D.scores(self.D(rc, rv), ids)  # on the pixel critics: the track critic reads pixels through
-            # moment ratios whose input gradients are huge near empty pixels, and is bounded by spectral norm
-            gc, gv = torch.autograd.grad(s["frame"].float().sum() + s["video"].float().sum(), [rc, rv], create_graph=True)
-            r1 = gc.pow(2).flatten(1).sum(1).mean() + gv.pow(2).flatten(1).sum(1).mean()
-            loss_d = loss_d + cfg.r1_weight * 0.5 * cfg.r1_every * r1
-        loss_d.backward()
-        m.opt_d.step()
-
-        # (2) update G (through the just-updated D, whose weights stay fixed here)
-        self.D.requires_grad_(False)
-        m.opt_g.zero_grad(set_to_none=True)
-        with self.autocast():
-            h = self.D(fake_crops, fake_clip)
-            s_g = D.scores(h, ids)
-            adv_g = -sum(v.float().mean() for v in s_g.values())
-            logits = D.logits(h)
-            targets = self.aux_targets(lab, K, true_color=False)
-            aux_g = sum(_ce(logits[k], targets[k]) for k in logits)
-            loss_g = adv_g + cfg.aux_weight * aux_g + cfg.convex_weight * concave
-        loss_g.backward()
-        m.opt_g.step()
-
-        decay = cfg.ema_decay if self.calls + self.start_step > cfg.ema_start else 0.0
-        ema_update(m.generator_ema, m.generator, decay)
-        ema_update(m.text_encoder_ema, m.text_encoder, decay)
-        with torch.no_grad():  # how often D's heads read the prompt's class off fakes (G) and off real clips (D)
-            real_t = self.aux_targets(lab, K, true_color=True)
-            acc = {f"acc_{k}": (logits[k].argmax(1) == targets[k]).float()[targets[k] >= 0].mean()
-                   for k in ("video_motion", "track_motion", "frame_shape", "frame_color")}
-            acc.update({f"acc_real_{k}": (logits_r[k].argmax(1) == real_t[k]).float().mean()
-                        for k in ("video_motion", "track_motion", "frame_shape")})
-        out = {"loss_d": loss_d, "loss_g": loss_g, "adv_d": adv_d, "adv_g": adv_g, "aux_d": aux_d, "aux_g": aux_g,
-               "r1": r1, "concavity": concave, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
-               **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}, **acc}
-        return {k: v.detach().float() for k, v in out.items()}  # tensors: no device sync until they are logged
-
-
-class BaselineStep:
-    """The tutorial's step on independent frames: BCE, D on real then fake.detach(), then G towards "real"."""
-
-    def __init__(self, cfg: TrainConfig, m: Models, device: torch.device, start_step: int = 0) -> None:
-        self.cfg, self.m, self.device = cfg, m, device
-        self.amp = cfg.amp and device.type == "cuda"
-        self.frame, self.D = m.generator.frame, m.discriminator
-        if cfg.compile and device.type == "cuda":
-            self.frame, self.D = torch.compile(self.frame), torch.compile(self.D)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        m, dev = self.m, self.device
-        real = to_model(batch["frames"], dev)  # (M, 3, H, W)
-        ids = batch["ids"].to(dev, non_blocking=True)
-        M = real.shape[0]
-        ones, zeros = torch.ones(M, 1, device=dev), torch.zeros(M, 1, device=dev)
-        with torch.no_grad():
-            t = m.text_encoder(ids)  # (M, 10), fixed: never optimised (defect 7)
-        noise = torch.randn(M, BASELINE_NOISE, device=dev)
-        ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
-
-        # (1) update D
-        m.opt_d.zero_grad(set_to_none=True)
-        with ac:
-            fake = self.frame(noise, t)  # (M, 3, H, W)
-            p_real, p_fake = self.D(real), self.D(fake.detach())
-        loss_d = F.binary_cross_entropy(p_real.float(), ones) + F.binary_cross_entropy(p_fake.float(), zeros)
-        loss_d.backward()
-        m.opt_d.step()
-
-        # (2) update G
-        m.opt_g.zero_grad(set_to_none=True)
-        with ac:
-            p = self.D(fake)
-        loss_g = F.binary_cross_entropy(p.float(), ones)
-        loss_g.backward()
-        m.opt_g.step()
-        out = {"loss_d": loss_d, "loss_g": loss_g, "d_real": p_real.mean(), "d_fake": p_fake.mean()}
-        return {k: v.detach().float() for k, v in out.items()}
-
-
-def frame_batches(batches: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, Any]]:
-    """The tutorial trains on frames, not clips: each batch of B clips becomes T shuffled batches of B
-    independent frames (with their clip's prompt). # frames (B, 3, H, W) uint8"""
-    for b in batches:
-        clips = b["clips"]  # (B, 3, T, H, W)
-        B, C, T, H, W = clips.shape
-        frames = clips.transpose(1, 2).reshape(B * T, C, H, W)
-        ids = b["ids"].repeat_interleave(T, 0)
-        order = torch.randperm(B * T)
-        for i in range(0, B * T - size + 1, size):
-            j = order[i:i + size]
-            yield {"frames": frames[j], "ids": ids[j]}
 
 
 # ----------------------------------------------------------------------------- samples
@@ -407,7 +176,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
-    m = build(cfg, info, device)
+    family = models.implementation(cfg.model)
+    m = family.build(cfg, GeneratorSpec(cfg.model, info.frames, info.size, cfg.z_dim, cfg.text_dim), device)
     step, resumed_from = 0, None
     best: dict[str, Any] = {}  # {"step", "score", "weights"}: the selected EMA weights so far
     if ckpt is not None:
@@ -418,7 +188,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
     elif cfg.init_from:
         warm_start(m, Path(cfg.init_from), device)
 
-    step_fn: VideoStep | BaselineStep = (VideoStep if cfg.model == "video" else BaselineStep)(cfg, m, device, step)
+    step_fn = family.step(cfg, m, device, step)
     metrics: dict[str, float] = {}
     last_saved = step
     prompts = train_prompts(data_dir) if cfg.select_every else []
@@ -433,11 +203,11 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
 
     if step < cfg.max_steps:
         loader = make_loader(data_dir, cfg.batch_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
-                             seed=cfg.seed * 7_919 + step, color_dropout=cfg.color_dropout if cfg.model == "video" else 0.0,
+                             seed=cfg.seed * 7_919 + step,
+                             color_dropout=cfg.color_dropout if models.family(cfg.model).prompt_dropout else 0.0,
                              pin_memory=device.type == "cuda")
         batches: Iterator[dict[str, Any]] = iter(loader)
-        work = batches if cfg.model == "video" else frame_batches(batches, cfg.batch_size)
-        per_step = cfg.batch_size if cfg.model == "video" else cfg.batch_size / info.frames  # clips per step
+        work, per_step = family.batches(batches, cfg, info.frames)  # what a step eats; clips per step
         t_log, n_log = time.perf_counter(), 0
         for batch in work:
             losses = step_fn(batch)

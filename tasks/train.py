@@ -187,7 +187,7 @@ def train_inputs(req: t2v_config.TrainRequest, registered_model: str = versions.
                  progress: bool = False) -> dict[str, Any]:
     """Parameters of `train_model` for a request: its cache key is everything but the data path and the bar."""
     return {"data_dir": str(req.data_dir), "out_dir": str(req.out_dir), "config": req.config.to_dict(),
-            "manifest_checksum": req.manifest_checksum, "code_version": t2v_config.model_code_version(),
+            "manifest_checksum": req.manifest_checksum, "code_version": t2v_config.model_code_version(req.config.model),
             "tracking_uri": tracking.tracking_uri(), "experiment": req.experiment,
             "registered_model": registered_model, "progress": progress}
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from t2v import text, vocab
-from t2v.models import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, BaselineDiscriminator, BaselineGenerator,
-                        GeneratorSpec, LayeredGenerator, VideoDiscriminators, build_generator, concavity,
-                        count_parameters, crop_real, fourier_basis, ink_moments, track_features)
+from t2v.models import GeneratorSpec, build_generator, count_parameters
+from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
+from t2v.models.video import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, LayeredGenerator, VideoDiscriminators,
+                              concavity, crop_real, fourier_basis, ink_moments, track_features)
 from t2v.sampler import export_generator, load_generator
 
 T, S, B = 8, 32, 3

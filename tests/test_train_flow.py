@@ -106,7 +106,7 @@ def test_training_writes_checkpoint_mlflow_run_and_registered_version(
     assert tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
     assert tags["model"] == model and tags["profile"] == "cpu-demo"
     assert tags["dataset.manifest_checksum"] == dataset.manifest_checksum(data_dir) == r["manifest_checksum"]
-    assert tags["code_version"] == model_code_version()
+    assert tags["code_version"] == model_code_version(model)
     images = [a.path for a in client.list_artifacts(r["run_id"], "images")]
     assert any("samples+step+2+" in p and p.endswith(".png") for p in images), images
 
@@ -221,9 +221,9 @@ def test_failed_attempt_is_retried_from_its_checkpoint_in_the_same_run(
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from t2v import train as t2v_train
+    from t2v.models import video as video_family
 
-    real_step = t2v_train.VideoStep.__call__
+    real_step = video_family.VideoStep.__call__
     calls = {"n": 0}
 
     def crash_once_at_step_3(self: Any, batch: dict[str, Any]) -> dict[str, float]:
@@ -232,7 +232,7 @@ def test_failed_attempt_is_retried_from_its_checkpoint_in_the_same_run(
             raise RuntimeError("simulated crash in step 3")
         return real_step(self, batch)
 
-    monkeypatch.setattr(t2v_train.VideoStep, "__call__", crash_once_at_step_3)
+    monkeypatch.setattr(video_family.VideoStep, "__call__", crash_once_at_step_3)
     state, r = run_flow(data_dir, model="video", max_steps=4, out=str(tmp_path / "crash"))
     with get_client(sync_client=True) as client:
         (task_run,) = client.read_task_runs(flow_run_filter=FlowRunFilter(

@@ -1,4 +1,4 @@
-"""The two models: the tutorial's per-frame GAN (`baseline`) and the clip-level layered GAN (`video`).
+"""The clip-level layered GAN (`video`): this project's model.
 
 video generator -- a content/motion split, composited like a layered GAN:
   text ids --TextEncoder--> colour code, shape code, motion code          # (B, 3, D)
@@ -28,7 +28,9 @@ Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -36,92 +38,14 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from t2v import text, vocab
-
-
-@dataclass(frozen=True)
-class GeneratorSpec:
-    """What the sampler needs to rebuild a generator: written to the export's config.json."""
-
-    model: str  # "video" | "baseline"
-    frames: int  # T
-    size: int  # H = W
-    z_dim: int = 32
-    text_dim: int = 64
-    words: tuple[str, ...] = field(default_factory=lambda: tuple(vocab.words()))  # token id i+1 = words[i]
-
-    @property
-    def n_vocab(self) -> int:
-        return len(self.words) + 1
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["words"] = list(self.words)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorSpec":
-        d = dict(d)
-        d["words"] = tuple(d["words"])
-        return cls(**d)
+from t2v.config import TrainConfig
+from t2v.loader import to_model
+from t2v.models import GeneratorSpec
+from t2v.models.common import Models, ce, ema_update, hinge_fake, hinge_real
 
 
 def _roles(words: tuple[str, ...]) -> list[int]:
     return [0] + [1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3 for w in words]
-
-
-# ----------------------------------------------------------------------------- baseline (the tutorial)
-
-BASELINE_NOISE = 100
-BASELINE_TEXT = 10
-
-
-class BaselineGenerator(nn.Module):
-    """The tutorial's frame generator: concat(noise 100, text 10) -> Linear -> 256 x s/8 x s/8 -> 3 ConvT.
-
-    At size 64 this is layer for layer the tutorial's; a clip is T frames with independent noise."""
-
-    def __init__(self, frames: int, size: int) -> None:
-        super().__init__()
-        self.frames, self.size, self.base = frames, size, size // 8
-        self.fc1 = nn.Linear(BASELINE_NOISE + BASELINE_TEXT, 256 * self.base * self.base)
-        self.deconv1 = nn.ConvTranspose2d(256, 128, 4, 2, 1)
-        self.deconv2 = nn.ConvTranspose2d(128, 64, 4, 2, 1)
-        self.deconv3 = nn.ConvTranspose2d(64, 3, 4, 2, 1)
-
-    def frame(self, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(M, 100), (M, 10) -> (M, 3, H, W) in [-1, 1]"""
-        x = self.fc1(torch.cat([noise, t], 1)).view(-1, 256, self.base, self.base)  # (M, 256, s/8, s/8)
-        x = F.relu(self.deconv1(x))  # (M, 128, s/4, s/4)
-        x = F.relu(self.deconv2(x))  # (M, 64, s/2, s/2)
-        return torch.tanh(self.deconv3(x))  # (M, 3, s, s)
-
-    def sample_noise(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
-        """Fresh noise for every frame, as the tutorial samples. # (N, T, 100)"""
-        return torch.randn(n, self.frames, BASELINE_NOISE, generator=gen)
-
-    def forward(self, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B, T, 100), (B, 10) -> (B, 3, T, H, W)"""
-        B, T, _ = noise.shape
-        frames = self.frame(noise.reshape(B * T, -1), t.repeat_interleave(T, 0))  # (B*T, 3, H, W)
-        return frames.view(B, T, 3, self.size, self.size).transpose(1, 2)
-
-
-class BaselineDiscriminator(nn.Module):
-    """The tutorial's frame discriminator: 3 strided convs + LeakyReLU(0.2) -> Linear -> Sigmoid; no text."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 4, 2, 1)
-        self.conv2 = nn.Conv2d(64, 128, 4, 2, 1)
-        self.conv3 = nn.Conv2d(128, 256, 4, 2, 1)
-        self.fc1 = nn.Linear(256 * (size // 8) ** 2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(M, 3, H, W) -> (M, 1) probability of real"""
-        x = F.leaky_relu(self.conv1(x), 0.2)  # (M, 64, H/2, W/2)
-        x = F.leaky_relu(self.conv2(x), 0.2)  # (M, 128, H/4, W/4)
-        x = F.leaky_relu(self.conv3(x), 0.2)  # (M, 256, H/8, W/8)
-        return torch.sigmoid(self.fc1(x.flatten(1)))
 
 
 # ----------------------------------------------------------------------------- video generator
@@ -508,17 +432,128 @@ class VideoDiscriminators(nn.Module):
                 for k, head in critic.heads.items()}
 
 
-# ----------------------------------------------------------------------------- construction
+# ----------------------------------------------------------------------------- construction and training
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
-    """(generator, text encoder) for a spec, freshly initialised."""
-    if spec.model == "baseline":
-        return BaselineGenerator(spec.frames, spec.size), text.MeanEmbedding(spec.n_vocab, BASELINE_TEXT)
-    if spec.model == "video":
-        return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim),
-                text.TextEncoder(spec.n_vocab, _roles(spec.words), spec.text_dim))
-    raise ValueError(f"unknown model {spec.model!r}; valid models: video, baseline")
+    return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim),
+            text.TextEncoder(spec.n_vocab, _roles(spec.words), spec.text_dim))
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models:
+    """Fresh generator, text encoder, the three critics, Adam for each side, and EMA copies of G."""
+    g, te = build_generator(spec)
+    d = VideoDiscriminators(spec.frames, spec.size, spec.n_vocab, len(vocab.motion_names()), cfg.width,
+                            cfg.frame_samples)
+    g, te, d = g.to(device), te.to(device), d.to(device)
+    opt_g = torch.optim.Adam([*g.parameters(), *te.parameters()], lr=cfg.lr_g, betas=cfg.betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    g_ema, te_ema = copy.deepcopy(g).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    return Models(spec, g, te, d, opt_g, opt_d, g_ema, te_ema)
+
+
+class VideoStep:
+    """One GAN step of the clip model: update D (real, fake, real + wrong prompt, AC heads, lazy R1), then update G."""
+
+    def __init__(self, cfg: TrainConfig, m: Models, device: torch.device, start_step: int = 0) -> None:
+        self.cfg, self.m, self.device, self.start_step = cfg, m, device, start_step
+        self.amp = cfg.amp and device.type == "cuda"
+        self.views, self.TE, self.D = m.generator.views, m.text_encoder, m.discriminator
+        if cfg.compile and device.type == "cuda":
+            self.views, self.D = torch.compile(self.views), torch.compile(self.D)
+        self.calls = 0
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def aux_targets(self, lab: dict[str, torch.Tensor], K: int, true_color: bool) -> dict[str, torch.Tensor]:
+        """Class targets for every AC head (colour -1 = prompt without colour: ignored)."""
+        color = lab["true_color"] if true_color else lab["color"]
+        return {"frame_color": color.repeat_interleave(K), "frame_shape": lab["shape"].repeat_interleave(K),
+                "video_motion": lab["motion"], "video_color": color, "video_shape": lab["shape"],
+                "track_motion": lab["motion"], "track_shape": lab["shape"]}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg, m, dev = self.cfg, self.m, self.device
+        self.calls += 1
+        x = to_model(batch["clips"], dev)  # (B, 3, T, H, W)
+        centre = batch["centre"].to(dev, non_blocking=True)  # (B, T, 2)
+        lab = {k: batch[k].to(dev, non_blocking=True) for k in ("color", "shape", "motion", "true_color")}
+        ids = batch["ids"].to(dev, non_blocking=True)  # (B, L)
+        B, T, K = x.shape[0], x.shape[2], cfg.frame_samples
+        D: VideoDiscriminators = m.discriminator
+        z = torch.randn(B, cfg.z_dim, device=dev)
+        fidx = torch.randint(0, T, (B, K), device=dev)
+        real_crops = crop_real(x, fidx, centre[..., 0], centre[..., 1], D.crop)[0]  # (B, 3, K, c, c)
+        real_clip = F.avg_pool3d(x, (1, x.shape[-1] // D.res, x.shape[-1] // D.res))  # (B, 3, T, r, r)
+        # a real clip under another clip's prompt is a negative where that prompt is wrong for what the critic sees
+        perm = torch.roll(torch.arange(B, device=dev), 1)
+        ids_w = ids[perm]
+        color_w = lab["color"][perm]
+        color_wrong = (color_w >= 0) & (color_w != lab["true_color"])
+        shape_wrong = lab["shape"][perm] != lab["shape"]
+        motion_wrong = lab["motion"][perm] != lab["motion"]
+        wrong = {"frame": (color_wrong | shape_wrong).float().repeat_interleave(K),  # a frame shows no motion
+                 "video": (color_wrong | shape_wrong | motion_wrong).float(),
+                 "track": (shape_wrong | motion_wrong).float()}  # moments carry no colour
+
+        # (1) update D
+        self.D.requires_grad_(True)
+        m.opt_d.zero_grad(set_to_none=True)
+        with self.autocast():
+            fake_crops, fake_clip, concave = self.views(z, self.TE(ids), fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
+            h_r = self.D(real_crops, real_clip)
+            h_f = self.D(fake_crops.detach(), fake_clip.detach())
+            s_r, s_f, s_w = D.scores(h_r, ids), D.scores(h_f, ids), D.scores(h_r, ids_w)
+            adv_d = sum(hinge_real(s_r[k]) + hinge_fake(s_f[k]) + cfg.mismatch_weight * hinge_fake(s_w[k], wrong[k])
+                        for k in s_r)
+            logits_r = D.logits(h_r)
+            targets = self.aux_targets(lab, K, true_color=True)
+            aux_d = sum(ce(logits_r[k], targets[k]) for k in logits_r)
+            loss_d = adv_d + cfg.aux_weight * aux_d
+        r1 = torch.zeros((), device=dev)
+        if cfg.r1_weight > 0 and self.calls % cfg.r1_every == 0:
+            rc, rv = real_crops.detach().requires_grad_(True), real_clip.detach().requires_grad_(True)
+            s = D.scores(self.D(rc, rv), ids)  # on the pixel critics: the track critic reads pixels through
+            # moment ratios whose input gradients are huge near empty pixels, and is bounded by spectral norm
+            gc, gv = torch.autograd.grad(s["frame"].float().sum() + s["video"].float().sum(), [rc, rv], create_graph=True)
+            r1 = gc.pow(2).flatten(1).sum(1).mean() + gv.pow(2).flatten(1).sum(1).mean()
+            loss_d = loss_d + cfg.r1_weight * 0.5 * cfg.r1_every * r1
+        loss_d.backward()
+        m.opt_d.step()
+
+        # (2) update G (through the just-updated D, whose weights stay fixed here)
+        self.D.requires_grad_(False)
+        m.opt_g.zero_grad(set_to_none=True)
+        with self.autocast():
+            h = self.D(fake_crops, fake_clip)
+            s_g = D.scores(h, ids)
+            adv_g = -sum(v.float().mean() for v in s_g.values())
+            logits = D.logits(h)
+            targets = self.aux_targets(lab, K, true_color=False)
+            aux_g = sum(ce(logits[k], targets[k]) for k in logits)
+            loss_g = adv_g + cfg.aux_weight * aux_g + cfg.convex_weight * concave
+        loss_g.backward()
+        m.opt_g.step()
+
+        decay = cfg.ema_decay if self.calls + self.start_step > cfg.ema_start else 0.0
+        ema_update(m.generator_ema, m.generator, decay)
+        ema_update(m.text_encoder_ema, m.text_encoder, decay)
+        with torch.no_grad():  # how often D's heads read the prompt's class off fakes (G) and off real clips (D)
+            real_t = self.aux_targets(lab, K, true_color=True)
+            acc = {f"acc_{k}": (logits[k].argmax(1) == targets[k]).float()[targets[k] >= 0].mean()
+                   for k in ("video_motion", "track_motion", "frame_shape", "frame_color")}
+            acc.update({f"acc_real_{k}": (logits_r[k].argmax(1) == real_t[k]).float().mean()
+                        for k in ("video_motion", "track_motion", "frame_shape")})
+        out = {"loss_d": loss_d, "loss_g": loss_g, "adv_d": adv_d, "adv_g": adv_g, "aux_d": aux_d, "aux_g": aux_g,
+               "r1": r1, "concavity": concave, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
+               **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}, **acc}
+        return {k: v.detach().float() for k, v in out.items()}  # tensors: no device sync until they are logged
+
+
+def step(cfg: TrainConfig, m: Models, device: torch.device, start_step: int = 0) -> VideoStep:
+    return VideoStep(cfg, m, device, start_step)
+
+
+def batches(stream: Iterator[dict[str, Any]], cfg: TrainConfig, frames: int) -> tuple[Iterator[dict[str, Any]], float]:
+    """Clip batches as they come: a step sees batch_size clips."""
+    return stream, cfg.batch_size

@@ -1,0 +1,64 @@
+"""What every family's training shares: the models a checkpoint holds, the EMA, the GAN losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from t2v.models import GeneratorSpec
+
+
+@dataclass
+class Models:
+    """Everything a checkpoint holds besides the step and RNG states."""
+
+    spec: GeneratorSpec
+    generator: nn.Module
+    text_encoder: nn.Module
+    discriminator: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    generator_ema: nn.Module | None = None  # video only: what is sampled and exported
+    text_encoder_ema: nn.Module | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        out = {"generator": self.generator, "text_encoder": self.text_encoder, "discriminator": self.discriminator}
+        if self.generator_ema is not None:
+            out.update(generator_ema=self.generator_ema, text_encoder_ema=self.text_encoder_ema)
+        return out
+
+    def shipped(self) -> tuple[nn.Module, nn.Module]:
+        """The generator and text encoder that are sampled and exported (EMA for video)."""
+        if self.generator_ema is not None:
+            return self.generator_ema, self.text_encoder_ema
+        return self.generator, self.text_encoder
+
+
+@torch.no_grad()  # else every lerp_ chains the EMA weights into the autograd graph, step after step
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, m in zip(ema.parameters(), model.parameters()):
+        e.lerp_(m, 1.0 - decay)
+    for e, m in zip(ema.buffers(), model.buffers()):
+        e.copy_(m)
+
+
+def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy ignoring targets of -1 (a prompt with no colour word); 0 when every target is -1."""
+    keep = target >= 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[keep].float(), target[keep])
+
+
+def hinge_real(s: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - s.float()).mean()
+
+
+def hinge_fake(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    loss = F.relu(1.0 + s.float())
+    if mask is None:
+        return loss.mean()
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
