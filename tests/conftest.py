@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Prefect test server per session, and a runner for the `t2v` command."""
+"""Shared fixtures: one real Prefect test server per session, tiny real datasets, a real MLflow store per
+module, and a runner for the `t2v` command."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -40,3 +41,31 @@ def t2v_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
                               env=full_env, cwd=cwd or REPO, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`tiny_dataset(**DataParams fields)`: a fresh, published dataset (real shards, manifest, marker)
+    built in this process by `t2v.dataset.write_dataset`; lists may stand for tuples."""
+    from t2v import dataset
+    from t2v.shards import DataParams
+
+    def make(**params: Any) -> Path:
+        root = tmp_path_factory.mktemp("dataset") / "data"
+        dataset.write_dataset(root, DataParams(**{k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in params.items()}))
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real SQLite MLflow store in a temp dir, selected the way users do (MLFLOW_TRACKING_URI)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    mlflow.set_tracking_uri(old)  # configure() pinned the process-wide URI; None unpins it and unsets the env var

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ import pytest
 from t2v import diversity as dv
 from t2v import featnet, vocab
 from t2v.render import ClipSpec, render
-from t2v import dataset
 from t2v.shards import DataParams
 
 MOTIONS = ("moving up", "rotating clockwise")
@@ -19,10 +19,8 @@ PARAMS = DataParams(motions=MOTIONS, clips_per_combo=6, val_per_combo=2, frames=
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("diversity-data")
-    dataset.write_dataset(root, PARAMS)
-    return root
+def data_root(tiny_dataset: Callable[..., Path]) -> Path:
+    return tiny_dataset(**vars(PARAMS))
 
 
 def _samples(prompt: str, n: int, tag: str = "s", size: int = 32) -> np.ndarray:

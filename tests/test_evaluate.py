@@ -13,7 +13,6 @@ import pytest
 
 from t2v import diversity, featnet, vocab
 from t2v import evaluate as ev
-from t2v import dataset
 from t2v.shards import DataParams
 
 MOTIONS = ("moving up", "moving up-right", "rotating clockwise")
@@ -22,9 +21,8 @@ CFG = ev.EvalConfig(samples=3, seen_prompts=6)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("eval-data")
-    dataset.write_dataset(root, PARAMS)
+def setup(tiny_dataset: Callable[..., Path]) -> dict:
+    root = tiny_dataset(**vars(PARAMS))
     clf = featnet.fit_from_shards(root, featnet.FeatNetConfig(epochs=8))
     prompts = ev.prompt_set(PARAMS.colors, PARAMS.shapes, MOTIONS, PARAMS.frames, PARAMS.size, CFG)
     return {"root": root, "clf": clf, "bank": diversity.train_bank(root), "prompts": prompts}

@@ -5,6 +5,7 @@ augmentation symmetries, save/load) do what they claim."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ import torch
 from t2v import featnet as fn
 from t2v import judge, vocab
 from t2v.render import ClipSpec, render
-from t2v import dataset
 from t2v.shards import DataParams
 
 MOTIONS = ("moving up", "moving right", "bouncing vertically", "rotating clockwise")
@@ -23,10 +23,8 @@ CFG = fn.FeatNetConfig(epochs=10)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("featnet-data")
-    dataset.write_dataset(root, PARAMS)
-    return root
+def data_root(tiny_dataset: Callable[..., Path]) -> Path:
+    return tiny_dataset(**vars(PARAMS))
 
 
 @pytest.fixture(scope="module")

@@ -64,13 +64,9 @@ def test_empty_and_marked_directories_are_accepted(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 3. what training reads
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from t2v.shards import DataParams
-
-    root = tmp_path_factory.mktemp("hostile") / "data"
-    dataset.write_dataset(root, DataParams(motions=("moving up", "moving right"), colors=("red", "blue"),
-                                           clips_per_combo=3, val_per_combo=1, frames=8, size=32, shard_size=4))
-    return root
+def tiny(tiny_dataset: Callable[..., Path]) -> Path:
+    return tiny_dataset(motions=["moving up", "moving right"], colors=["red", "blue"], clips_per_combo=3,
+                        val_per_combo=1, frames=8, size=32, shard_size=4)
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ and the same clips with their first frame held (right colour and shape, no motio
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import cloudpickle
 import imageio.v3 as iio
@@ -22,7 +21,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from t2v import dataset
 from t2v.shards import DataParams
 from registry import pyfunc, tracking
 
@@ -49,18 +47,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the model loads i
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("promotion")
-    root = tmp / "data"
-    dataset.write_dataset(root, PARAMS)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    exp = tracking.configure("promotion-test", uri).experiment_id  # artifacts beside the store, not in ./mlruns
-    try:
-        yield {"root": root, "uri": uri, "experiment": exp}
-    finally:
-        mlflow.set_tracking_uri(old)  # None unpins the process-wide URI and unsets the env var
+def store(tiny_dataset: Callable[..., Path], mlflow_store: str) -> dict[str, Any]:
+    exp = tracking.configure("promotion-test", mlflow_store).experiment_id  # artifacts beside the store, not in ./mlruns
+    return {"root": tiny_dataset(**vars(PARAMS)), "uri": mlflow_store, "experiment": exp}
 
 
 def register(store: dict[str, Any], frozen: bool) -> str:

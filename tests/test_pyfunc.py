@@ -58,24 +58,19 @@ def random_export(tmp: Path, kind: str, frames: int = 16, size: int = 64) -> tup
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def registered(tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) -> dict[str, Any]:
     """One video and one baseline generator logged and registered in a fresh SQLite store; their
     export dirs are deleted afterwards, so loading can only use what MLflow stored."""
     tmp = tmp_path_factory.mktemp("pyfunc")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    t = tracking.configure("pyfunc-test", uri)
+    t = tracking.configure("pyfunc-test", mlflow_store)
     uris, expected = {}, {}
-    try:
-        for kind in ("video", "baseline"):
-            export, expected[kind] = random_export(tmp, kind)
-            with mlflow.start_run(experiment_id=t.experiment_id):
-                info = pyfunc.log_generator(export, 16, 64)
-            uris[kind] = f"models:/{pyfunc.REGISTERED_MODEL}/{info.registered_model_version}"
-            shutil.rmtree(export)
-    finally:
-        mlflow.set_tracking_uri(before)  # configure() pinned the process-wide URI; None unpins it
-    return {"tmp": tmp, "uri": uri, "models": uris, "expected": expected}
+    for kind in ("video", "baseline"):
+        export, expected[kind] = random_export(tmp, kind)
+        with mlflow.start_run(experiment_id=t.experiment_id):
+            info = pyfunc.log_generator(export, 16, 64)
+        uris[kind] = f"models:/{pyfunc.REGISTERED_MODEL}/{info.registered_model_version}"
+        shutil.rmtree(export)
+    return {"tmp": tmp, "uri": mlflow_store, "models": uris, "expected": expected}
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -12,8 +13,6 @@ from t2v import vocab
 from t2v.models import GeneratorSpec, build_generator
 from t2v.loader import dataset_info, make_loader, train_shards
 from t2v.sampler import load_generator
-from t2v import dataset
-from t2v.shards import DataParams
 from t2v.config import PROFILES, TrainConfig, config_for
 from t2v.train import TrainHooks, train
 
@@ -23,12 +22,9 @@ TINY = dict(batch_size=4, num_workers=0, shuffle_buffer=16, z_dim=8, text_dim=16
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tiny_dataset: Callable[..., Path]) -> Path:
     """Tiny real shards: 3 motions, 32x32, 8 frames, several shards per motion."""
-    root = tmp_path_factory.mktemp("data")
-    dataset.write_dataset(root, DataParams(motions=MOTIONS, clips_per_combo=3, val_per_combo=1, frames=8, size=32,
-                                           shard_size=12))
-    return root
+    return tiny_dataset(motions=MOTIONS, clips_per_combo=3, val_per_combo=1, frames=8, size=32, shard_size=12)
 
 
 def test_batches_mix_motions_shapes_colours_and_read_train_only(data: Path) -> None:

@@ -4,9 +4,8 @@ a longer rerun resumes the checkpoint and the MLflow run; bad input fails before
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import mlflow
 import pytest
@@ -29,20 +28,8 @@ REGISTERED = "t2v-generator"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train-data") / "data"
-    dataset.write_dataset(root, TINY_DATA)
-    return root
-
-
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real SQLite MLflow store in a temp dir, selected the way users do (MLFLOW_TRACKING_URI)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    mlflow.set_tracking_uri(old)  # configure() pinned the process-wide URI; None unpins it and unsets the env var
+def data_dir(tiny_dataset: Callable[..., Path]) -> Path:
+    return tiny_dataset(**vars(TINY_DATA))
 
 
 def run_flow(data: Path, **kw: Any) -> tuple[Any, dict[str, Any]]:

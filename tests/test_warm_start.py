@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 import torch.nn as nn
 
 from t2v import train as t2v_train
-from t2v import dataset
-from t2v.shards import DataParams
 from t2v.config import config_for
 from t2v.train import _copy_matching
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("warm") / "data"
-    dataset.write_dataset(root, DataParams(motions=("moving up", "moving right"), clips_per_combo=2, val_per_combo=1,
-                                           frames=8, size=32))
-    return root
+def tiny_data(tiny_dataset: Callable[..., Path]) -> Path:
+    return tiny_dataset(motions=("moving up", "moving right"), clips_per_combo=2, val_per_combo=1, frames=8, size=32)
 
 
 def test_grown_embedding_keeps_its_old_rows() -> None:
