@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from registry import CHAMPION_URI, REGISTERED_MODEL
+
 EXIT_USAGE = 2  # bad input (argparse uses 2 as well)
 EXIT_FAILED = 1  # the work itself failed
 
@@ -224,7 +226,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "in MLflow, and move the alias `champion` of t2v-generator to the model if it beats "
                                    "the current champion on the same prompts and seeds. Cached per model version.")
     p.add_argument("--model", help="registered model URI (default: the latest version of t2v-generator), e.g. "
-                                   "models:/t2v-generator/3 or models:/t2v-generator@champion")
+                                   f"models:/{REGISTERED_MODEL}/3 or {CHAMPION_URI}")
     p.add_argument("--data", default="data", help="dataset directory holding manifest.parquet (default: data)")
     p.add_argument("--samples", type=int, default=4, help="clips per prompt (default 4)")
     p.add_argument("--seen-prompts", type=int, default=24, help="seen prompts sampled (default 24)")
@@ -267,8 +269,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                                    "per sample). The prompt is checked before the model is loaded.")
     p.add_argument("prompt", help='e.g. "red circle moving up-right"')
     p.add_argument("-o", "--output", required=True, type=Path, help="output file (.gif, .mp4 or .png)")
-    p.add_argument("--model", default="models:/t2v-generator@champion",
-                   help="registered model URI (default: models:/t2v-generator@champion)")
+    p.add_argument("--model", default=CHAMPION_URI, help=f"registered model URI (default: {CHAMPION_URI})")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--samples", type=int, default=1, help="clips to generate (default 1)")
     p.add_argument("--fps", type=int, default=8, help="playback rate of GIF/MP4 (default 8)")

@@ -24,7 +24,8 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-REGISTERED_MODEL = "t2v-generator"
+from registry import REGISTERED_MODEL
+
 ARTIFACT_KEY = "generator"  # the export directory inside the model's artifacts
 MODEL_NAME = "generator"  # the logged model's name within its run
 DEVICE_ENV = "T2V_DEVICE"  # serving device override ("cpu", "cuda", "cuda:1"); default: cuda when available

@@ -20,12 +20,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry import pyfunc, tracking
+from registry import CHAMPION, REGISTERED_MODEL, pyfunc, tracking
 from t2v.evaluate import GenerateFn
 from t2v.io import atomic_dir
 
-CHAMPION = "champion"  # the alias of the version that is shipped; moved only by `set_champion`
-REGISTERED_MODEL = pyfunc.REGISTERED_MODEL
 MODEL_URI_FORMS = "models:/<name>/<version>, models:/<name>/latest or models:/<name>@<alias>"
 EVAL_ARTIFACTS = "eval"  # where an evaluation's media go in the training run's artifacts
 METRIC_PREFIX = "eval/"  # evaluation metrics on the training run

@@ -36,7 +36,7 @@ class TrainConfig:
 
     model: str = "video"  # the clip-level GAN; "baseline" is the tutorial's per-frame GAN for the comparison row
     profile: str = "cpu-demo"  # which preset these values came from (logged, not used by the loop)
-    max_steps: int = 2400  # ~6.5 min on 2 CPU cores at batch 32 for `video` (the cpu-demo time cap stops it first there)
+    max_steps: int = 2400  # training steps: the budget of a run (the cpu-demo time cap may stop it first)
     max_seconds: float = 0.0  # wall-clock cap on the loop (0 = none): keeps the demo inside its time box on a slow CPU
     batch_size: int = 32  # clips per step: enough to mix motions, small enough for ~5 steps/s on CPU
     lr_g: float = 1e-3  # the layered generator has few, well-conditioned parameters: a high rate learns in minutes
@@ -48,22 +48,22 @@ class TrainConfig:
     r1_every: int = 4  # lazy R1: pay the double backward once every N steps (~10% of step time)
     aux_weight: float = 1.0  # AC-GAN classification heads (colour, shape, motion): fast prompt following
     mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
-    convex_weight: float = 3.0  # prior on G's sprite: penalise dents (lumpy stars); 3 over 1 and 0.3 sharpened squares on seed 1 (m4 0.39 vs 0.22, 0.02)
+    convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
-    width: int = 16  # conv critics' base channels: 32 learned no faster on CPU and costs 2x
+    width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
     frame_samples: int = 2  # frames per clip the frame discriminator judges (at full resolution)
     ckpt_every: int = 250  # a crash costs at most ~1 min of CPU training
     log_every: int = 25  # metrics cadence: cheap, and enough points for a curve
     sample_every: int = 250  # sample-grid cadence (EMA generator on fixed prompts)
     select_every: int = 250  # judge the EMA on every train prompt this often and ship the best (0 = ship the last):
-    # a GAN's last step is a draw from its oscillation, and one ~1 s check picks the good phase
+    # a GAN's last step is a draw from its oscillation, and the check picks the good phase
     seed: int = 0  # model init, noise and data order
     device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu" / "cuda" / "cuda:N"
     compile: bool = False  # torch.compile the generator/discriminators (CUDA only; slow start, pays off on long runs)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 conv is slower)
-    num_workers: int = 0  # DataLoader workers decoding PNGs; 0 = in the training process: on 2 cores a worker costs a torch thread (6.2 vs 4.6 steps/s)
+    num_workers: int = 0  # DataLoader workers decoding PNGs; 0 = in the training process (on few cores a worker takes a torch thread)
     shuffle_buffer: int = 512  # samples held per worker for shuffling, on top of interleaving every shard
     init_from: str = ""  # warm start: an export dir whose generator/text weights start a fresh run ("" = random init)
     threads: int = 0  # torch intra-op threads on CPU; 0 = one per core left after the loader workers (oversubscribed OpenMP stalls)

@@ -68,7 +68,8 @@ def test_flow_rejects_unwritable_output_dir(prefect_api: str, tmp_path: Path) ->
     out = unwritable_out(tmp_path)
     with pytest.raises(ValueError, match="is a file, not a directory") as err:
         data_stage(out=str(out), **GOOD)
-    assert str(out) in str(err.value) and str(out.parent) in str(err.value)
+    assert str(out) in str(err.value)
+    assert str(out.parent) in str(err.value)
     assert listing(tmp_path) == ["not-a-dir"]
 
 
@@ -85,7 +86,8 @@ def test_cli_rejects_bad_input_with_exit_2(t2v_cli: Callable, tmp_path: Path, ca
                                            args: list[str], fragments: list[str]) -> None:
     r = t2v_cli(*cli_args(tmp_path / "data", args), cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("t2v data: error:"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("t2v data: error:"), r.stderr
     for fragment in fragments:
         assert fragment in r.stderr, (fragment, r.stderr)
     assert listing(tmp_path) == []
@@ -94,12 +96,16 @@ def test_cli_rejects_bad_input_with_exit_2(t2v_cli: Callable, tmp_path: Path, ca
 def test_cli_rejects_unwritable_output_dir(t2v_cli: Callable, tmp_path: Path) -> None:
     out = unwritable_out(tmp_path)
     r = t2v_cli(*cli_args(out, []), cwd=tmp_path)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert str(out) in r.stderr and "is a file, not a directory" in r.stderr
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(out) in r.stderr
+    assert "is a file, not a directory" in r.stderr
     assert listing(tmp_path) == ["not-a-dir"]
 
 
 def test_cli_rejects_a_non_integer_count(t2v_cli: Callable, tmp_path: Path) -> None:
     r = t2v_cli(*cli_args(tmp_path / "data", ["--clips-per-combo", "many"]), cwd=tmp_path)
-    assert r.returncode == 2 and "--clips-per-combo" in r.stderr and "'many'" in r.stderr
+    assert r.returncode == 2
+    assert "--clips-per-combo" in r.stderr
+    assert "'many'" in r.stderr
     assert listing(tmp_path) == []

@@ -17,14 +17,18 @@ from t2v.render import ClipSpec, render
 
 def test_every_subcommand_has_help_and_vocab_does_not_import_prefect(t2v_cli: Callable) -> None:
     top = t2v_cli("--help")
-    assert top.returncode == 0 and all(c in top.stdout for c in ("vocab", "preview", "data"))
+    assert top.returncode == 0
+    assert all(c in top.stdout for c in ("vocab", "preview", "data"))
     for command in ("vocab", "preview", "data"):
         r = t2v_cli(command, "--help")
-        assert r.returncode == 0 and f"usage: t2v {command}" in r.stdout, r.stderr
+        assert r.returncode == 0, r.stderr
+        assert f"usage: t2v {command}" in r.stdout, r.stderr
     r = t2v_cli("vocab", "--json", env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
-    assert r.returncode == 0 and "t2v.vocab" in imported
-    assert not {m.split(".")[0] for m in imported} & {"prefect", "torch", "mlflow"} and "flows.data" not in imported
+    assert r.returncode == 0
+    assert "t2v.vocab" in imported
+    assert not {m.split(".")[0] for m in imported} & {"prefect", "torch", "mlflow"}
+    assert "flows.data" not in imported
 
 
 def test_vocab_json(t2v_cli: Callable) -> None:
@@ -34,8 +38,10 @@ def test_vocab_json(t2v_cli: Callable) -> None:
     assert set(v) == {"colors", "shapes", "motions", "held_out"}
     assert v["colors"] == ["red", "green", "blue", "yellow", "purple"]
     assert v["shapes"] == ["circle", "square", "triangle"]
-    assert len(v["motions"]) == 18 and "spinning counter-clockwise" in v["motions"]
-    assert "red circle moving up-right" in v["held_out"] and "purple square moving up" in v["held_out"]
+    assert len(v["motions"]) == 18
+    assert "spinning counter-clockwise" in v["motions"]
+    assert "red circle moving up-right" in v["held_out"]
+    assert "purple square moving up" in v["held_out"]
     assert all(len(p.split()) >= 3 and p.split()[0] in v["colors"] for p in v["held_out"])  # full, with colour
     assert "red circle moving up" not in v["held_out"]
 
@@ -46,7 +52,8 @@ def test_preview_writes_a_decodable_animation_with_t_frames(t2v_cli: Callable, t
     r = t2v_cli("preview", "red circle moving up-right", "-o", str(out), "--frames", "8", "--size", "32",
                 "--seed", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert str(out) in r.stdout and "held-out" in r.stdout
+    assert str(out) in r.stdout
+    assert "held-out" in r.stdout
     frames = read_frames(out)
     assert frames.shape == (8, 128, 128, 3)  # 4x nearest-neighbour upscale of 32 px
     expect, _ = render(ClipSpec("preview-red-circle-moving-up-right", "red", "circle", "moving up-right", 5, 8, 32))
@@ -66,7 +73,8 @@ def test_preview_png_is_a_contact_sheet_of_exact_frames(t2v_cli: Callable, tmp_p
                                 "spinning clockwise", 0, 4, 32))
     cell = 64 + 1  # 2x upscale plus a grid line
     label_w = sheet.shape[1] - 4 * cell
-    assert sheet.shape[0] == cell and label_w > 0
+    assert sheet.shape[0] == cell
+    assert label_w > 0
     last = sheet[:64, label_w + 3 * cell:label_w + 3 * cell + 64]
     assert np.array_equal(last, media.upscale(expect, 2)[3])
 
@@ -79,7 +87,8 @@ def test_preview_png_is_a_contact_sheet_of_exact_frames(t2v_cli: Callable, tmp_p
 def test_preview_bad_input_exits_2_and_writes_nothing(t2v_cli: Callable, tmp_path: Path, prompt: str, out: str,
                                                       fragments: list[str]) -> None:
     r = t2v_cli("preview", prompt, "-o", str(tmp_path / out), cwd=tmp_path)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert all(f in r.stderr for f in fragments), r.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -95,10 +104,12 @@ def test_data_end_to_end_through_the_command(t2v_cli: Callable, prefect_api: str
     assert f"manifest: {manifest}" in r.stdout
     m = dataset.load_manifest(out)
     # moving up: 2 seen combos x (2 train + 1 val); expanding is held out on circles: 2 x 1 heldout
-    assert len(m) == 8 and set(m[m["motion"] == "expanding"]["split"]) == {"heldout"}
+    assert len(m) == 8
+    assert set(m[m["motion"] == "expanding"]["split"]) == {"heldout"}
     n_shards = len(dataset.load_shards(out))
     assert f"clips: 8 in {n_shards} shards: {n_shards} rendered, 0 cached" in r.stdout
-    assert "moving up" in r.stdout and "expanding" in r.stdout
+    assert "moving up" in r.stdout
+    assert "expanding" in r.stdout
 
 
 def read_frames(path: Path) -> np.ndarray:
@@ -138,7 +149,9 @@ def test_media_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="injected"):
         media.save_clip(target, clip)
-    assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_bytes() == b"previous version"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert target.read_bytes() == b"previous version"
     monkeypatch.undo()
     media.save_clip(target, clip)
-    assert target.read_bytes() != b"previous version" and [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert target.read_bytes() != b"previous version"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

@@ -72,8 +72,10 @@ def copy_of(built: dict[str, Any], tmp_path: Path) -> Path:
 
 def test_first_run_renders_every_planned_shard(built: dict[str, Any]) -> None:
     s = built["summary"]
-    assert set(s["rendered"]) == shard_paths(TINY["motions"]) and s["cached"] == []
-    assert s["root"] == str(built["root"]) and s["manifest"] == str(built["root"] / "manifest.parquet")
+    assert set(s["rendered"]) == shard_paths(TINY["motions"])
+    assert s["cached"] == []
+    assert s["root"] == str(built["root"])
+    assert s["manifest"] == str(built["root"] / "manifest.parquet")
 
 
 def test_manifest_schema_and_counts(built: dict[str, Any]) -> None:
@@ -86,21 +88,28 @@ def test_manifest_schema_and_counts(built: dict[str, Any]) -> None:
     assert len(m) == sum(i.count for i in infos) == 14 + 12  # seen combos: 2 train + 2 val, held out: 2 each
     assert m["key"].is_unique
     for info in infos:  # published checksums are those of the files, and counts those of the manifest
-        assert sha256_file(root / info.path) == info.sha256 and (root / info.path).stat().st_size == info.bytes
+        assert sha256_file(root / info.path) == info.sha256
+        assert (root / info.path).stat().st_size == info.bytes
         rows = m[m["shard"] == info.path]
-        assert len(rows) == info.count and sorted(rows["index"]) == list(range(info.count))
-        assert set(rows["motion"]) == {info.motion} and set(rows["split"]) == {info.split}
+        assert len(rows) == info.count
+        assert sorted(rows["index"]) == list(range(info.count))
+        assert set(rows["motion"]) == {info.motion}
+        assert set(rows["split"]) == {info.split}
     held = m.apply(lambda r: vocab.is_held_out(r["color"], r["shape"], r["motion"]), axis=1)
-    assert (m.loc[held, "split"] == "heldout").all() and (m.loc[~held, "split"] != "heldout").all()
+    assert (m.loc[held, "split"] == "heldout").all()
+    assert (m.loc[~held, "split"] != "heldout").all()
     assert set(m.loc[held, "prompt"]) == {"purple square moving up", "red square bouncing vertically",
                                           "purple square bouncing vertically"}
-    assert (m["frames"] == 8).all() and (m["height"] == 32).all() and (m["width"] == 32).all()
+    assert (m["frames"] == 8).all()
+    assert (m["height"] == 32).all()
+    assert (m["width"] == 32).all()
     assert dataset.count_summary(m) == built["summary"]["counts"] == {
         "moving up": {"train": 6, "val": 6, "heldout": 2},
         "bouncing vertically": {"train": 4, "val": 4, "heldout": 4},
     }
     meta = json.loads((root / "dataset.json").read_text())
-    assert meta["params"]["size"] == 32 and "motions" not in meta["params"]
+    assert meta["params"]["size"] == 32
+    assert "motions" not in meta["params"]
     assert meta["motions"] == {mo: vocab.motions()[mo].spec_hash for mo in TINY["motions"]}
     assert meta["manifest_checksum"] == dataset.manifest_checksum(root) == built["summary"]["checksum"]
     assert not list(root.rglob(".*.tmp"))
@@ -116,9 +125,11 @@ def test_prefect_records_tasks_and_artifacts(built: dict[str, Any]) -> None:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[built["flow_run_id"]])))
     assert [n for n in names if n.startswith("render ")] == sorted(f"render {p}" for p in built["summary"]["rendered"])
-    assert any(n.startswith("verify-shards") for n in names) and any(n.startswith("publish-manifest") for n in names)
+    assert any(n.startswith("verify-shards") for n in names)
+    assert any(n.startswith("publish-manifest") for n in names)
     progress = [a for a in artifacts if a.type == "progress"]
-    assert progress and all(float(a.data) == 100.0 for a in progress)
+    assert progress
+    assert all(float(a.data) == 100.0 for a in progress)
     (table,) = [a for a in artifacts if a.type == "table"]
     assert table.key == "data-stage-clips"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
@@ -136,8 +147,10 @@ def test_round_trip_through_stock_webdataset(built: dict[str, Any]) -> None:
         clip = s["clip.png"].reshape(meta["frames"], meta["height"], meta["width"], 3)
         expect, traj = render(ClipSpec(meta["key"], meta["color"], meta["shape"], meta["motion"], meta["seed"],
                                        meta["frames"], meta["height"]))
-        assert clip.dtype == np.uint8 and np.array_equal(clip, expect), meta["key"]
-        assert s["prompt.txt"] == meta["prompt"] and s["__key__"] == meta["key"]
+        assert clip.dtype == np.uint8, meta["key"]
+        assert np.array_equal(clip, expect), meta["key"]
+        assert s["prompt.txt"] == meta["prompt"]
+        assert s["__key__"] == meta["key"]
         np.testing.assert_allclose(meta["trajectory"]["x"], traj.x, atol=1e-3)
         seen += 1
     assert seen == 26
@@ -146,7 +159,8 @@ def test_round_trip_through_stock_webdataset(built: dict[str, Any]) -> None:
 def test_second_run_renders_nothing(built: dict[str, Any]) -> None:
     before = tree(built["root"])
     s = run_flow(built["root"])
-    assert s["rendered"] == [] and set(s["cached"]) == shard_paths(TINY["motions"])
+    assert s["rendered"] == []
+    assert set(s["cached"]) == shard_paths(TINY["motions"])
     assert tree(built["root"]) == before  # same manifest bytes too: publishing is deterministic
 
 
@@ -252,7 +266,8 @@ def test_failure_mid_shard_leaves_nothing_and_rerun_completes(copy_of: Path, fai
 
     failing_plugin["marker"].unlink()
     s = run_flow(copy_of, motions=["wobbling"])
-    assert set(s["rendered"]) == wobbling and set(s["cached"]) == shard_paths(TINY["motions"])
+    assert set(s["rendered"]) == wobbling
+    assert set(s["cached"]) == shard_paths(TINY["motions"])
     m = dataset.load_manifest(copy_of)
     assert set(m["motion"]) == {"moving up", "bouncing vertically", "wobbling"}
     for info in dataset.load_shards(copy_of):

@@ -111,7 +111,8 @@ def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
 
     first = deployment_run(stack, "full-pipeline/demo", PIPELINE_PARAMS)
     root = stack.data
-    assert (root / "manifest.parquet").is_file() and (root / "shards.parquet").is_file()
+    assert (root / "manifest.parquet").is_file()
+    assert (root / "shards.parquet").is_file()
     assert sorted(p.name for p in (root / "shards" / "train").glob("*.tar.gz")) == \
         ["moving-right-0000.tar.gz", "moving-up-0000.tar.gz"]
     client = mlflow.MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
@@ -128,8 +129,10 @@ def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
     states = task_states(stack, second)
     renders = [s for n, s in states if n.startswith("render")]
     trains = [s for n, s in states if n.startswith("train ")]  # the task, not the train-stage subflow
-    assert renders and set(renders) == {"Cached"}, states
-    assert trains and set(trains) == {"Cached"}, states
+    assert renders, states
+    assert set(renders) == {"Cached"}, states
+    assert trains, states
+    assert set(trains) == {"Cached"}, states
     assert client.get_model_version_by_alias("t2v-generator", "champion").version == "1"
 
     # a data-only rerun with the motion this test registered renders only its shards
@@ -137,8 +140,10 @@ def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
     states = task_states(stack, third)
     rendered = sorted(n for n, s in states if n.startswith("render") and s == "Completed")
     cached = sorted(n for n, s in states if n.startswith("render") and s == "Cached")
-    assert rendered and all("drifting-left" in n for n in rendered), states
-    assert cached and not any("drifting-left" in n for n in cached), states
+    assert rendered, states
+    assert all("drifting-left" in n for n in rendered), states
+    assert cached, states
+    assert not any("drifting-left" in n for n in cached), states
     import pyarrow.parquet as pq
 
     motions = set(pq.read_table(root / "manifest.parquet").column("motion").to_pylist())
@@ -222,7 +227,8 @@ def test_served_deployments_refuse_paths_outside_the_data_root(stack: StackConfi
 
     run = against(stack, read)
     assert run.state.name == "Failed"
-    assert f"parameter out={str(victim)!r}" in run.state.message and str(stack.data) in run.state.message
+    assert f"parameter out={str(victim)!r}" in run.state.message
+    assert str(stack.data) in run.state.message
     assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == \
         ["shards", "shards/train", "shards/train/mine.tar.gz"]
 

@@ -31,12 +31,15 @@ def setup(tiny_dataset: Callable[..., Path]) -> dict:
 def test_prompt_set_is_every_held_out_combo_and_a_fixed_seen_sample() -> None:
     ps = ev.prompt_set(PARAMS.colors, PARAMS.shapes, MOTIONS, 8, 32, CFG)
     expected_held = [vocab.canonical_prompt(*c) for c in vocab.combinations(motion_list=MOTIONS) if vocab.is_held_out(*c)]
-    assert list(ps.heldout) == expected_held and "red circle moving up-right" in ps.heldout
+    assert list(ps.heldout) == expected_held
+    assert "red circle moving up-right" in ps.heldout
     assert "purple square moving up" in ps.heldout  # colour x shape held out for every motion
-    assert len(ps.seen) == 6 and not any(vocab.is_held_out(*_triple(p)) for p in ps.seen)
+    assert len(ps.seen) == 6
+    assert not any(vocab.is_held_out(*_triple(p)) for p in ps.seen)
     assert ps == ev.prompt_set(PARAMS.colors, PARAMS.shapes, MOTIONS, 8, 32, CFG)  # deterministic
     prompts, held = ps.expanded(3)
-    assert len(prompts) == 3 * (len(ps.heldout) + len(ps.seen)) and sum(held) == 3 * len(ps.heldout)
+    assert len(prompts) == 3 * (len(ps.heldout) + len(ps.seen))
+    assert sum(held) == 3 * len(ps.heldout)
     with pytest.raises(ValueError, match="samples must be a positive integer"):
         ev.prompt_set(PARAMS.colors, PARAMS.shapes, MOTIONS, 8, 32, ev.EvalConfig(samples=0))
 
@@ -60,11 +63,13 @@ def test_real_clips_score_as_real(setup: dict) -> None:
     res = ev.evaluate(_recording(real, calls), setup["prompts"], setup["clf"], setup["bank"], CFG)
     m = res.metrics
     assert calls == [(res.prompts, CFG.seed)]  # one call, every prompt's samples, the fixed seed
-    assert m["judge_heldout_all3"] >= 0.95 and m["judge_seen_all3"] >= 0.95, m
+    assert m["judge_heldout_all3"] >= 0.95, m
+    assert m["judge_seen_all3"] >= 0.95, m
     assert m["featnet_seen_all3"] >= 0.8, m
     assert m["fd_n_heldout"] == 3 * len(setup["prompts"].heldout)
     assert m["fd_heldout"] < 3 * m["fd_floor_heldout"] + 1.0, m  # real clips sit near the real floor
-    assert m["spread_heldout"] > 0.05 and m["spread_real_heldout"] > 0.05
+    assert m["spread_heldout"] > 0.05
+    assert m["spread_real_heldout"] > 0.05
     assert 0.6 < m["nn_ratio"] < 1.6, m  # new real clips are not copies of training clips
     assert res.clips.shape == (len(res.prompts), 8, 32, 32, 3)
 
@@ -81,11 +86,14 @@ def test_corrupted_clips_score_worse(setup: dict) -> None:
         return np.stack([first[p] for p in prompts])
 
     bad = ev.evaluate(shuffled, setup["prompts"], setup["clf"], setup["bank"], CFG).metrics
-    assert bad["judge_heldout_motion"] < 0.3 and bad["judge_heldout_all3"] < good["judge_heldout_all3"] - 0.5, bad
+    assert bad["judge_heldout_motion"] < 0.3, bad
+    assert bad["judge_heldout_all3"] < good["judge_heldout_all3"] - 0.5, bad
     assert bad["fd_heldout"] > 2 * good["fd_heldout"], (bad["fd_heldout"], good["fd_heldout"])
     assert bad["featnet_heldout_all3"] < good["featnet_heldout_all3"]
     mode = ev.evaluate(collapsed, setup["prompts"], setup["clf"], None, CFG).metrics
-    assert mode["spread_heldout"] == 0.0 and mode["spread_seen"] == 0.0 and "nn_ratio" not in mode
+    assert mode["spread_heldout"] == 0.0
+    assert mode["spread_seen"] == 0.0
+    assert "nn_ratio" not in mode
     assert mode["judge_heldout_all3"] >= 0.95  # each clip is right: only diversity sees the collapse
 
 
@@ -104,7 +112,8 @@ def test_decide_accuracy_first_then_frechet() -> None:
     assert not ev.decide({ev.PRIMARY: 0.4, ev.TIEBREAK: 1.0}, champ).promote
     assert ev.decide({ev.PRIMARY: 0.5, ev.TIEBREAK: 9.0}, champ).promote  # tie: lower distance wins
     tie = ev.decide({ev.PRIMARY: 0.5, ev.TIEBREAK: 10.0}, champ)
-    assert not tie.promote and "tied" in tie.reason  # a full tie keeps the champion
+    assert not tie.promote
+    assert "tied" in tie.reason  # a full tie keeps the champion
     assert not ev.decide({ev.PRIMARY: math.nan, ev.TIEBREAK: 1.0}, champ).promote  # missing counts as worst
     assert ev.decide({ev.PRIMARY: 0.5, ev.TIEBREAK: 3.0}, {ev.PRIMARY: 0.5, ev.TIEBREAK: math.nan}).promote
 
@@ -112,7 +121,9 @@ def test_decide_accuracy_first_then_frechet() -> None:
 def test_tile_and_table() -> None:
     clips = np.zeros((3, 4, 8, 10, 3), np.uint8)
     strip = ev.tile(clips)
-    assert strip.shape == (4, 8, 32, 3) and (strip[:, :, 10] == 200).all() and (strip[:, :, :10] == 0).all()
+    assert strip.shape == (4, 8, 32, 3)
+    assert (strip[:, :, 10] == 200).all()
+    assert (strip[:, :, :10] == 0).all()
     table = ev.metrics_table({"a": {"judge_heldout_all3": 0.5}, "b": {}})
     assert "| pixel judge all-three (heldout) | 0.5 | n/a |" in table
 
@@ -128,5 +139,8 @@ def test_generate_rejects_bad_prompts_before_loading_a_model(
     store = f"sqlite:///{tmp_path / 'never' / 'mlflow.db'}"  # loading any model from here would fail differently
     proc = t2v_cli("generate", prompt, "-o", str(out), env={"MLFLOW_TRACKING_URI": store}, timeout=60)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("t2v generate: error:") and all(n in proc.stderr for n in names), proc.stderr
-    assert not out.exists() and not (tmp_path / "never").exists() and list(tmp_path.iterdir()) == []
+    assert proc.stderr.startswith("t2v generate: error:"), proc.stderr
+    assert all(n in proc.stderr for n in names), proc.stderr
+    assert not out.exists()
+    assert not (tmp_path / "never").exists()
+    assert list(tmp_path.iterdir()) == []

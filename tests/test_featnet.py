@@ -89,7 +89,8 @@ def test_frechet_distance_formula() -> None:
     low = np.zeros((20, 64))
     low[:, :5] = rng.normal(size=(20, 5))
     d = fn.frechet_distance(low, low[::-1] + 0.1)
-    assert np.isfinite(d) and d == pytest.approx(64 * 0.01, rel=1e-6)
+    assert np.isfinite(d)
+    assert d == pytest.approx(64 * 0.01, rel=1e-6)
     with pytest.raises(ValueError, match="same D"):
         fn.frechet_distance(a, a[:, :3])
     with pytest.raises(ValueError, match="NaN"):
@@ -125,7 +126,8 @@ def test_plugin_motions_are_not_augmented() -> None:
     labels = fn.Labels(motion=(*vocab.motion_names(), "drifting left"), shape=vocab.SHAPES, color=tuple(vocab.COLORS))
     table = fn.symmetry_table(labels)
     col = table[:, len(labels.motion) - 1]
-    assert col[0] == len(labels.motion) - 1 and (col[1:] == -1).all()
+    assert col[0] == len(labels.motion) - 1
+    assert (col[1:] == -1).all()
 
 
 def test_recolor_is_exact_on_rendered_clips() -> None:
@@ -137,7 +139,8 @@ def test_recolor_is_exact_on_rendered_clips() -> None:
 def test_inputs_follow_the_shape() -> None:
     clip, traj = render(ClipSpec("follow", "green", "square", "moving right", 0))
     centres = fn.ink_centres(clip[None])[0]
-    assert np.abs(centres[:, 0] - traj.x).max() < 0.5 and np.abs(centres[:, 1] - traj.y).max() < 0.5
+    assert np.abs(centres[:, 0] - traj.x).max() < 0.5
+    assert np.abs(centres[:, 1] - traj.y).max() < 0.5
     crop = fn.follow_crop(clip[None], 26)[0]  # (T, 26, 26, 3)
     ink = 255 - crop.min(-1).astype(int)
     assert (ink.sum(axis=(1, 2)) == (255 - clip.min(-1).astype(int)).sum(axis=(1, 2))).all()  # whole shape inside

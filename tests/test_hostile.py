@@ -117,7 +117,8 @@ def test_a_shard_dropped_into_train_is_never_read(tiny_copy: Path) -> None:
     assert "intruder-0000" not in _train_keys(tiny_copy, batches=20)
     _extra_shard(tiny_copy, "val", members)
     keys = {m["key"] for _, metas in featnet.iter_split(tiny_copy, "val") for m in metas}
-    assert keys and "intruder-0000" not in keys
+    assert keys
+    assert "intruder-0000" not in keys
 
 
 def test_a_changed_shard_stops_training_before_the_first_batch(tiny_copy: Path) -> None:
@@ -345,7 +346,8 @@ def test_a_dead_tracking_server_fails_training_within_two_minutes_keeping_the_ch
     text = log.read_text()
     assert rc == 1, text[-3000:]
     assert f"MLflow at http://127.0.0.1:{port} is unreachable" in text
-    assert "checkpoint at step" in text and "rerun the same command to resume" in text
+    assert "checkpoint at step" in text
+    assert "rerun the same command to resume" in text
     with capsys.disabled():
         print(f"\n  gave up on the dead tracking server after {took:.0f} s")
     assert took < 150, f"training took {took:.0f} s to give up on a dead tracking server"
@@ -456,7 +458,8 @@ def test_mlflow_auth_app_refuses_anonymous_callers_and_accepts_the_generated_adm
                             mlflow_port=stack.free_port(), prefect_auth=False, mlflow_auth=True)
     stack.ensure_secrets(cfg)
     password = cfg.secret("mlflow")
-    assert password and (cfg.state / stack.SECRETS["mlflow"]).stat().st_mode & 0o077 == 0
+    assert password
+    assert (cfg.state / stack.SECRETS["mlflow"]).stat().st_mode & 0o077 == 0
     url = f"{cfg.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
         stack.start(cfg, "mlflow")

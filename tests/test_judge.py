@@ -53,7 +53,8 @@ def test_every_motion_is_read_back_as_itself(real: dict) -> None:
     judged = real["judged"]
     for motion in vocab.motion_names():
         got = [j.motion for j, (_, _, m) in zip(judged, real["labels"]) if m == motion]
-        assert got and sum(g == motion for g in got) >= 0.95 * len(got), (motion, got)
+        assert got, (motion, got)
+        assert sum(g == motion for g in got) >= 0.95 * len(got), (motion, got)
 
 
 def test_trajectory_error_near_zero_on_real_clips(real: dict) -> None:
@@ -83,7 +84,8 @@ def test_corrupted_clips_score_far_lower_on_motion(real: dict) -> None:
     assert got["frozen"]["all_motion"] < 0.30, got["frozen"]
     assert got["reversed"]["all_motion"] < 0.40, got["reversed"]
     for r in got.values():  # the frames themselves are intact: only motion drops
-        assert r["all_color"] >= 0.99 and r["all_shape"] >= 0.99, r
+        assert r["all_color"] >= 0.99, r
+        assert r["all_shape"] >= 0.99, r
         assert r["all_all3"] <= r["all_motion"]
 
 
@@ -99,11 +101,14 @@ def test_seen_and_held_out_are_reported_separately(real: dict) -> None:
     frozen = clips.copy()
     frozen[np.asarray(held)] = frozen[np.asarray(held)][:, :1]
     r = score(frozen, prompts)
-    assert r["seen_all3"] >= 0.99 and r["heldout_motion"] < 0.3
+    assert r["seen_all3"] >= 0.99
+    assert r["heldout_motion"] < 0.3
 
     # explicit flags override the vocabulary's split
     r = score(clips, prompts, held_out=[True] * len(prompts))
-    assert r["heldout_n"] == len(prompts) and r["seen_n"] == 0 and math.isnan(r["seen_all3"])
+    assert r["heldout_n"] == len(prompts)
+    assert r["seen_n"] == 0
+    assert math.isnan(r["seen_all3"])
 
 
 def test_prompt_without_colour_accepts_any_palette_colour() -> None:
@@ -113,7 +118,8 @@ def test_prompt_without_colour_accepts_any_palette_colour() -> None:
         prompts.append(f"{s} {m}")
         flags.append((s, m) in vocab.HELD_OUT_SHAPE_MOTION)
     r = score(clips, prompts)
-    assert r["all_color"] == 1.0 and r["all_all3"] == 1.0
+    assert r["all_color"] == 1.0
+    assert r["all_all3"] == 1.0
     # colourless prompts are held out by their shape x motion only (purple squares are not required)
     assert r["heldout_n"] == sum(flags) == 5
 
@@ -140,7 +146,8 @@ def test_judge_reads_real_shards_through_stock_webdataset(tmp_path: Path) -> Non
     assert r["all_n"] == len(clips) > 0
     assert r["heldout_n"] == splits.count("heldout") > 0
     assert r["all_all3"] == 1.0, r
-    assert r["traj_center_px"] < 0.1 and r["traj_radius_px"] < 0.1
+    assert r["traj_center_px"] < 0.1
+    assert r["traj_radius_px"] < 0.1
 
 
 # --- screen conventions, from clips drawn here without the renderer ---------------------------
@@ -202,7 +209,9 @@ def test_conventions_on_hand_drawn_clips() -> None:
 def test_track_measures_centre_area_and_orientation() -> None:
     clip, traj = render(ClipSpec("track", "blue", "triangle", "spinning counter-clockwise", 3))
     tr = track(clip)
-    assert isinstance(tr, Track) and tr.x.shape == (16,) and tr.present.all()
+    assert isinstance(tr, Track)
+    assert tr.x.shape == (16,)
+    assert tr.present.all()
     np.testing.assert_allclose(tr.x, traj.x, atol=0.1)
     np.testing.assert_allclose(tr.y, traj.y, atol=0.1)
     np.testing.assert_allclose(tr.radius("triangle"), traj.radius, atol=0.1)

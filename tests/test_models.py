@@ -41,50 +41,62 @@ def test_baseline_shapes_and_independent_frames() -> None:
     noise, t = g.sample_noise(B), torch.randn(B, 10)
     assert noise.shape == (B, T, 100)
     clip = g(noise, t)
-    assert clip.shape == (B, 3, T, S, S) and clip.abs().max() <= 1
+    assert clip.shape == (B, 3, T, S, S)
+    assert clip.abs().max() <= 1
     assert not torch.allclose(clip[:, :, 0], clip[:, :, 1])  # fresh noise per frame, as the tutorial samples
     p = d(clip[:, :, 0])
-    assert p.shape == (B, 1) and ((p > 0) & (p < 1)).all()
+    assert p.shape == (B, 1)
+    assert ((p > 0) & (p < 1)).all()
 
 
 def test_text_encoder_shapes_and_factoring() -> None:
     te = text.TextEncoder(text.vocab_size(), text.token_roles(), dim=16)
     ids = text.encode(PROMPTS)
-    assert ids.shape == (3, text.max_prompt_len()) and ids.dtype == torch.long
+    assert ids.shape == (3, text.max_prompt_len())
+    assert ids.dtype == torch.long
     codes = te(ids)
     assert codes.shape == (3, 3, 16)
     # each code reads only its role's words: a held-out pair is a new combination of trained codes
     a, b = te(text.encode(["purple square moving left", "purple circle expanding"]))
     assert torch.allclose(a[0], b[0])  # same colour code
     c, d = te(text.encode(["square moving left", "blue square moving left"]))
-    assert torch.allclose(c[1:], d[1:]) and not torch.allclose(c[0], d[0])  # no colour word -> the "none" colour code
+    assert torch.allclose(c[1:], d[1:])
+    assert not torch.allclose(c[0], d[0])  # no colour word -> the "none" colour code
 
 
 def test_unknown_word_is_a_clear_error() -> None:
     with pytest.raises(vocab.VocabularyError, match="'hexagon'") as e:
         text.encode(["red hexagon moving up"])
-    assert "circle" in str(e.value) and "red" in str(e.value)  # lists the known words
+    assert "circle" in str(e.value)
+    assert "red" in str(e.value)  # lists the known words
 
 
 def test_layered_generator_shapes_and_crops() -> None:
     g = LayeredGenerator(T, S, z_dim=8, text_dim=16)
     te = text.TextEncoder(text.vocab_size(), text.token_roles(), dim=16)
     layers = g.layers(g.sample_noise(B), te(text.encode(PROMPTS)))
-    assert layers.fill.shape == (B, 3) and layers.contour.shape == (B, ANGLES)
+    assert layers.fill.shape == (B, 3)
+    assert layers.contour.shape == (B, ANGLES)
     assert layers.cx.shape == layers.cy.shape == layers.scale.shape == layers.angle.shape == (B, T)
     full = g.render(layers)
-    assert full.shape == (B, 3, T, S, S) and full.min() >= -1 and full.max() <= 1
+    assert full.shape == (B, 3, T, S, S)
+    assert full.min() >= -1
+    assert full.max() <= 1
     half = g.render(layers, S // 2)
     assert half.shape == (B, 3, T, S // 2, S // 2)
     assert (half - nn.functional.avg_pool3d(full, (1, 2, 2))).abs().mean() < 0.02  # coarse edges stay anti-aliased
     frames = torch.tensor([[0, 3], [1, 7], [5, 5]])
     crops, origin = g.crops(layers, frames, S // 2)
-    assert crops.shape == (B, 3, 2, S // 2, S // 2) and origin.shape == (B, 2, 2)
+    assert crops.shape == (B, 3, 2, S // 2, S // 2)
+    assert origin.shape == (B, 2, 2)
     # rendering a window equals cutting it from the full render: real and fake windows are made alike
     real_crops, real_origin = crop_real(full, frames, layers.cx, layers.cy, S // 2)
-    assert torch.equal(origin, real_origin) and torch.allclose(crops, real_crops, atol=1e-5)
+    assert torch.equal(origin, real_origin)
+    assert torch.allclose(crops, real_crops, atol=1e-5)
     c, v, concave = g.views(g.sample_noise(B), te(text.encode(PROMPTS)), frames, S // 2, S // 2)
-    assert c.shape == crops.shape and v.shape == half.shape and concave.shape == ()
+    assert c.shape == crops.shape
+    assert v.shape == half.shape
+    assert concave.shape == ()
     assert g(g.sample_noise(B), te(text.encode(PROMPTS))).shape == (B, 3, T, S, S)
 
 
@@ -125,10 +137,13 @@ def test_track_features_read_spin_and_orbit_direction() -> None:
 
     for shape, k in (("triangle", 1), ("square", 2)):
         cw, ccw = feats(shape, "spinning clockwise"), feats(shape, "spinning counter-clockwise")
-        assert (cw[:, k] > 0).all() and (ccw[:, k] < 0).all()
+        assert (cw[:, k] > 0).all()
+        assert (ccw[:, k] < 0).all()
         assert cw[:, 3].max() < 0.5  # spinning in place: no speed
     cw, ccw = feats("circle", "rotating clockwise"), feats("circle", "rotating counter-clockwise")
-    assert (cw[:, 0] > 0).all() and (ccw[:, 0] < 0).all() and (cw[:, 3] > 0.5).all()
+    assert (cw[:, 0] > 0).all()
+    assert (ccw[:, 0] < 0).all()
+    assert (cw[:, 3] > 0.5).all()
 
 
 def test_video_discriminator_shapes() -> None:
@@ -136,9 +151,11 @@ def test_video_discriminator_shapes() -> None:
     d = VideoDiscriminators(T, S, text.vocab_size(), n_m, width=8, frame_samples=2, feat=32)
     crops, clip = torch.randn(B, 3, 2, S // 2, S // 2), torch.randn(B, 3, T, S // 2, S // 2)
     h = d(crops, clip)
-    assert h["frame"].shape == (B * 2, 32) and h["video"].shape == h["track"].shape == (B, 32)
+    assert h["frame"].shape == (B * 2, 32)
+    assert h["video"].shape == h["track"].shape == (B, 32)
     s = d.scores(h, text.encode(PROMPTS))
-    assert s["frame"].shape == (B * 2,) and s["video"].shape == s["track"].shape == (B,)
+    assert s["frame"].shape == (B * 2,)
+    assert s["video"].shape == s["track"].shape == (B,)
     logits = d.logits(h)
     assert logits["frame_color"].shape == (B * 2, len(vocab.COLORS))
     assert logits["frame_shape"].shape == (B * 2, len(vocab.SHAPES))
@@ -164,7 +181,8 @@ def test_ink_moments_read_position_size_and_symmetry() -> None:
     assert (m[0, 1:, 0] > m[0, :-1, 0]).all()  # moving right
     m3 = torch.hypot(m[..., 5], m[..., 6]).mean(1)
     m4 = torch.hypot(m[..., 7], m[..., 8]).mean(1)
-    assert m3.argmax() == 2 and m4.argmax() == 1  # triangle: 3-fold, square: 4-fold
+    assert m3.argmax() == 2
+    assert m4.argmax() == 1  # triangle: 3-fold, square: 4-fold
 
 
 @pytest.mark.parametrize("model", ["video", "baseline"])
@@ -177,8 +195,10 @@ def test_sampler_round_trip(tmp_path, model: str) -> None:
     sampler = load_generator(out)
     prompts = [*PROMPTS, "circle moving up-right"]  # a colourless, held-out prompt is fine
     a, b, c = sampler.generate(prompts, seed=3), sampler.generate(prompts, seed=3), sampler.generate(prompts, seed=4)
-    assert a.dtype == np.uint8 and a.shape == (4, T, S, S, 3)
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.dtype == np.uint8
+    assert a.shape == (4, T, S, S, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
     alone = sampler.generate(prompts[:2], seed=3, batch_size=1).astype(int)  # same noise whatever the batch
     assert np.abs(alone - a[:2].astype(int)).max() <= 1  # (kernels may round a level apart)
     with torch.no_grad():  # the loaded weights are the exported ones

@@ -86,20 +86,25 @@ def client(store: dict[str, Any]) -> mlflow.MlflowClient:
 
 def test_first_model_becomes_champion(history: dict[str, Any], store: dict[str, Any]) -> None:
     first = history["first"]
-    assert first["promoted"] and first["champion_version"] == history["v1"] and first["previous_champion"] is None
+    assert first["promoted"]
+    assert first["champion_version"] == history["v1"]
+    assert first["previous_champion"] is None
     assert first["metrics"]["judge_heldout_motion"] == 0.0  # frozen clips show no motion
     tags = client(store).get_model_version(NAME, history["v1"]).tags
-    assert tags["eval.decision"] == "promoted" and "first" in tags["eval.reason"]
+    assert tags["eval.decision"] == "promoted"
+    assert "first" in tags["eval.reason"]
 
 
 def test_better_model_is_promoted_with_both_scores_recorded(history: dict[str, Any], store: dict[str, Any]) -> None:
     better = history["better"]
     assert better["uri"] == f"models:/{NAME}/{history['v2']}"
-    assert better["promoted"] and better["champion_version"] == history["v2"]
+    assert better["promoted"]
+    assert better["champion_version"] == history["v2"]
     assert better["metrics"]["judge_heldout_all3"] >= 0.95
     c = client(store)
     tags = c.get_model_version(NAME, history["v2"]).tags
-    assert tags["eval.decision"] == "promoted" and tags["eval.champion_version"] == history["v1"]
+    assert tags["eval.decision"] == "promoted"
+    assert tags["eval.champion_version"] == history["v1"]
     assert float(tags["eval.score.judge_heldout_all3"]) >= 0.95
     assert float(tags["eval.champion.judge_heldout_all3"]) == history["first"]["metrics"]["judge_heldout_all3"]
     assert float(tags["eval.champion.fd_heldout"]) == pytest.approx(history["first"]["metrics"]["fd_heldout"], rel=1e-5)
@@ -107,11 +112,13 @@ def test_better_model_is_promoted_with_both_scores_recorded(history: dict[str, A
 
 def test_worse_model_is_not_promoted(history: dict[str, Any], store: dict[str, Any]) -> None:
     worse = history["worse"]
-    assert not worse["promoted"] and worse["champion_version"] == history["v2"]
+    assert not worse["promoted"]
+    assert worse["champion_version"] == history["v2"]
     c = client(store)
     assert str(c.get_model_version_by_alias(NAME, "champion").version) == history["v2"]
     tags = c.get_model_version(NAME, history["v3"]).tags
-    assert tags["eval.decision"] == "not promoted" and tags["eval.champion_version"] == history["v2"]
+    assert tags["eval.decision"] == "not promoted"
+    assert tags["eval.champion_version"] == history["v2"]
     # the champion was compared from its cached evaluation on the same prompts and seed: logged once
     run_id = c.get_model_version(NAME, history["v2"]).run_id
     assert len(c.get_metric_history(run_id, "eval/judge_heldout_all3")) == 1
@@ -145,7 +152,8 @@ def test_prefect_artifacts_hold_the_table_and_the_run_link(history: dict[str, An
     arts = {a.key: a for a in sorted(found, key=lambda a: a.created)}  # a key keeps every version: take the latest
     assert set(arts) == set(keys)
     report = arts[keys[0]].data
-    assert "| pixel judge all-three (heldout) |" in report and history["better"]["run_link"] in report
+    assert "| pixel judge all-three (heldout) |" in report
+    assert history["better"]["run_link"] in report
     assert "not promoted" in arts[keys[1]].data  # the latest decision: v3 lost to v2
 
 
@@ -156,11 +164,14 @@ def test_evaluate_command_reuses_the_cached_evaluation(history: dict[str, Any], 
                    "--samples", str(EVAL["samples"]), "--seen-prompts", str(EVAL["seen_prompts"]), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"evaluated models:/{NAME}/{history['v2']} (cached)" in proc.stdout
-    assert f"champion: version {history['v2']}" in proc.stdout and "already the champion" in proc.stdout
+    assert f"champion: version {history['v2']}" in proc.stdout
+    assert "already the champion" in proc.stdout
     bad = t2v_cli("evaluate", "--data", str(store["root"]), "--samples", "0", env=env)
-    assert bad.returncode == 2 and "samples must be a positive integer" in bad.stderr, bad.stderr
+    assert bad.returncode == 2, bad.stderr
+    assert "samples must be a positive integer" in bad.stderr, bad.stderr
     missing = t2v_cli("evaluate", "--data", str(store["root"] / "nope"), env=env)
-    assert missing.returncode == 2 and "no dataset at" in missing.stderr, missing.stderr
+    assert missing.returncode == 2, missing.stderr
+    assert "no dataset at" in missing.stderr, missing.stderr
 
 
 @pytest.mark.parametrize("ext", [".gif", ".mp4"])
@@ -182,5 +193,6 @@ def test_unknown_model_is_a_usage_error(store: dict[str, Any], t2v_cli: Callable
                                         tmp_path: Path) -> None:
     proc = t2v_cli("generate", "red circle moving up", "-o", str(tmp_path / "x.gif"), "--model",
                    f"models:/{NAME}@nobody", env={"MLFLOW_TRACKING_URI": store["uri"]})
-    assert proc.returncode == 2 and "no registered model behind" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "no registered model behind" in proc.stderr, proc.stderr
     assert not (tmp_path / "x.gif").exists()

@@ -92,7 +92,8 @@ def predicted(registered: dict[str, Any]) -> dict[str, np.ndarray]:
 def test_predict_returns_contracted_clips(predicted: dict[str, np.ndarray], registered: dict[str, Any],
                                           kind: str) -> None:
     clips = predicted[f"{kind}_list"]
-    assert clips.dtype == np.uint8 and clips.shape == (len(PROMPTS), 16, 64, 64, 3)
+    assert clips.dtype == np.uint8
+    assert clips.shape == (len(PROMPTS), 16, 64, 64, 3)
     assert np.array_equal(clips, registered["expected"][kind])  # exactly the sampler it wraps
     assert clips.std() > 0
 
@@ -110,7 +111,9 @@ def test_signature_and_errors(predicted: dict[str, np.ndarray]) -> None:
     assert json.loads(str(predicted["video_params"])) == [
         {"name": "seed", "type": "long", "default": 0, "shape": None}]
     err = str(predicted["video_error"])
-    assert "VocabularyError" in err and "blob" in err and "circle" in err  # names the word and the known words
+    assert "VocabularyError" in err
+    assert "blob" in err
+    assert "circle" in err  # names the word and the known words
 
 
 def test_prompts_of_accepts_the_documented_inputs() -> None:

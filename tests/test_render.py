@@ -128,7 +128,8 @@ def test_zigzag_travels_steadily_and_alternates_sides(rendered: list[Rendered], 
         t, size, frames = r.track, r.spec.size, r.spec.frames
         along, across = (t.y, t.x) if vertical else (t.x, t.y)
         steps = np.diff(along)
-        assert (np.sign(steps) == np.sign(steps[0])).all() and np.abs(steps).min() > 0.2, f"{name(r)}: unsteady"
+        assert (np.sign(steps) == np.sign(steps[0])).all(), f"{name(r)}: unsteady"
+        assert np.abs(steps).min() > 0.2, f"{name(r)}: unsteady"
         assert abs(along[-1] - along[0]) >= 0.25 * size, name(r)
         side = np.sign(across - across.mean())
         assert (side != 0).all()
@@ -145,9 +146,11 @@ def test_scaling_changes_area_by_two_in_place(rendered: list[Rendered], motion: 
         ratio = t.area[-1] / t.area[0]
         steps = np.diff(t.area)
         if motion == "shrinking":
-            assert ratio <= 0.5 and (steps < 0).all(), (name(r), ratio)
+            assert ratio <= 0.5, (name(r), ratio)
+            assert (steps < 0).all(), (name(r), ratio)
         else:
-            assert ratio >= 2.0 and (steps > 0).all(), (name(r), ratio)
+            assert ratio >= 2.0, (name(r), ratio)
+            assert (steps > 0).all(), (name(r), ratio)
         assert np.hypot(t.x - t.x[0], t.y - t.y[0]).max() <= 0.3, f"{name(r)}: centre moves"
 
 
@@ -160,9 +163,11 @@ def test_rotating_orbits_the_frame_centre(rendered: list[Rendered], motion: str)
         step = (step + np.pi) % (2 * np.pi) - np.pi  # y down: a growing angle is clockwise on screen
         turn = step.sum() / (2 * np.pi)
         want = 1 if motion == "rotating clockwise" else -1
-        assert want * turn >= 0.75 and (np.sign(step) == want).all(), (name(r), turn)
+        assert want * turn >= 0.75, (name(r), turn)
+        assert (np.sign(step) == want).all(), (name(r), turn)
         rho = np.hypot(ox, oy)
-        assert rho.min() >= 0.15 * size and np.ptp(rho) <= 0.5, f"{name(r)}: not an orbit around the centre"
+        assert rho.min() >= 0.15 * size, f"{name(r)}: not an orbit around the centre"
+        assert np.ptp(rho) <= 0.5, f"{name(r)}: not an orbit around the centre"
 
 
 @pytest.mark.parametrize("motion", ["spinning clockwise", "spinning counter-clockwise"])
@@ -176,7 +181,8 @@ def test_spinning_turns_in_place(rendered: list[Rendered], motion: str) -> None:
         step = np.diff(angle)
         period = 90 if r.spec.shape == "square" else 120
         assert want * (angle[-1] - angle[0]) >= 90, (name(r), angle[-1] - angle[0])
-        assert (np.sign(step) == want).all() and np.abs(step).max() < period / 2, f"{name(r)}: ambiguous turn"
+        assert (np.sign(step) == want).all(), f"{name(r)}: ambiguous turn"
+        assert np.abs(step).max() < period / 2, f"{name(r)}: ambiguous turn"
         assert np.hypot(t.x - t.x[0], t.y - t.y[0]).max() <= 0.3, f"{name(r)}: centre moves"
     with pytest.raises(vocab.VocabularyError, match="not visible on a circle"):
         vocab.parse_prompt(f"red circle {motion}")
@@ -259,7 +265,8 @@ def test_held_out_combinations_never_reach_train_or_val() -> None:
     keys: list[str] = []
     for shard in shards:
         for c in shard.clips:
-            assert shard.split in shard.path and c.motion == shard.motion
+            assert shard.split in shard.path
+            assert c.motion == shard.motion
             by_split[shard.split].add((c.color, c.shape, c.motion))
             keys.append(c.key)
     assert len(keys) == len(set(keys))
@@ -269,4 +276,5 @@ def test_held_out_combinations_never_reach_train_or_val() -> None:
     # every held-out shape, colour and motion is still seen in training in other combinations
     seen = by_split["train"]
     assert {m for _, _, m in seen} == set(vocab.motion_names())
-    assert {s for _, s, _ in seen} == set(vocab.SHAPES) and {c for c, _, _ in seen} == set(vocab.COLORS)
+    assert {s for _, s, _ in seen} == set(vocab.SHAPES)
+    assert {c for c, _, _ in seen} == set(vocab.COLORS)

@@ -29,10 +29,13 @@ def data(tiny_dataset: Callable[..., Path]) -> Path:
 
 def test_batches_mix_motions_shapes_colours_and_read_train_only(data: Path) -> None:
     assert all("/shards/train/" in str(p) for p in train_shards(data))
-    assert dataset_info(data).frames == 8 and dataset_info(data).size == 32
+    assert dataset_info(data).frames == 8
+    assert dataset_info(data).size == 32
     batch = next(iter(make_loader(data, 32, num_workers=1, shuffle_buffer=64, seed=1)))
-    assert batch["clips"].shape == (32, 3, 8, 32, 32) and batch["clips"].dtype == torch.uint8
-    assert batch["ids"].shape[0] == 32 and batch["centre"].shape == (32, 8, 2)
+    assert batch["clips"].shape == (32, 3, 8, 32, 32)
+    assert batch["clips"].dtype == torch.uint8
+    assert batch["ids"].shape[0] == 32
+    assert batch["centre"].shape == (32, 8, 2)
     assert len(set(batch["motion"].tolist())) == len(MOTIONS)  # shards are grouped by motion, batches are not
     assert len(set(batch["shape"].tolist())) == 3
     assert len(set(batch["true_color"].tolist())) >= 4
@@ -51,7 +54,10 @@ def test_colour_dropout_gives_colourless_prompts(data: Path) -> None:
 def test_profiles_and_overrides() -> None:
     assert set(PROFILES) == {"cpu-demo", "gpu"}
     cfg = config_for("gpu", max_steps="7", betas="0.1,0.9", compile="true")
-    assert cfg.max_steps == 7 and cfg.betas == (0.1, 0.9) and cfg.compile is True and cfg.profile == "gpu"
+    assert cfg.max_steps == 7
+    assert cfg.betas == (0.1, 0.9)
+    assert cfg.compile is True
+    assert cfg.profile == "gpu"
     assert config_for("cpu-demo").model == "video" == TrainConfig().model
     assert cfg.to_dict()["betas"] == [0.1, 0.9]
     base = config_for("cpu-demo", model="baseline")  # the tutorial's optimiser and batch
@@ -75,21 +81,31 @@ def test_few_steps_write_checkpoint_export_and_logs(data: Path, tmp_path: Path, 
                        on_checkpoint=lambda s, p: seen["ckpt"].append((s, p)))
     cfg = config_for("cpu-demo", model=model, max_steps=3, **TINY)
     res = train(cfg, data, tmp_path / "run", hooks)
-    assert res.step == 3 and res.resumed_from is None
-    assert res.checkpoint.is_file() and [s for s, _ in seen["ckpt"]] == [2, 3]
+    assert res.step == 3
+    assert res.resumed_from is None
+    assert res.checkpoint.is_file()
+    assert [s for s, _ in seen["ckpt"]] == [2, 3]
     assert [s for s, m in seen["metrics"] if "loss_d" in m] == [1, 2, 3]
     # select_every 250 judges the last step; the baseline ships its last generator, as the tutorial does
     assert [s for s, m in seen["metrics"] if "select_train_all3" in m] == ([3] if model == "video" else [])
     assert all(np.isfinite(v) for _, m in seen["metrics"] for v in m.values())
-    assert res.metrics["clips_per_s"] > 0 and "loss_d" in res.metrics and "loss_g" in res.metrics
+    assert res.metrics["clips_per_s"] > 0
+    assert "loss_d" in res.metrics
+    assert "loss_g" in res.metrics
     step, grid = seen["sample"][0]
-    assert step == 2 and grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
+    assert step == 2
+    assert grid.dtype == np.uint8
+    assert grid.ndim == 3
+    assert grid.shape[2] == 3
     ckpt = torch.load(res.checkpoint, weights_only=True)
-    assert ckpt["step"] == 3 and ckpt["config"]["model"] == model
+    assert ckpt["step"] == 3
+    assert ckpt["config"]["model"] == model
     assert {"generator", "text_encoder", "discriminator"} <= set(ckpt["models"])
-    assert {"g", "d"} == set(ckpt["optim"]) and {"torch", "numpy", "python", "cuda"} == set(ckpt["rng"])
+    assert {"g", "d"} == set(ckpt["optim"])
+    assert {"torch", "numpy", "python", "cuda"} == set(ckpt["rng"])
     clips = load_generator(res.export_dir).generate(["purple square spinning clockwise", "circle moving up"], seed=0)
-    assert clips.shape == (2, 8, 32, 32, 3) and clips.dtype == np.uint8
+    assert clips.shape == (2, 8, 32, 32, 3)
+    assert clips.dtype == np.uint8
     if model == "baseline":  # defect 7 reproduced: the text embedding is in no optimiser, so it never moves
         assert "generator_ema" not in ckpt["models"]
         torch.manual_seed(cfg.seed)
@@ -118,7 +134,8 @@ def test_interrupted_run_resumes_at_its_checkpoint(data: Path, tmp_path: Path) -
 
     # same config, no steps left to run: the restored weights are exactly the checkpoint's
     res = train(config_for("cpu-demo", model="video", max_steps=2, **TINY), data, out)
-    assert res.resumed_from == 2 and res.step == 2
+    assert res.resumed_from == 2
+    assert res.step == 2
     exported = torch.load(res.export_dir / "generator.pt", weights_only=True)
     for k, v in ckpt["models"]["generator_ema"].items():
         assert torch.equal(exported[k], v)
@@ -126,7 +143,9 @@ def test_interrupted_run_resumes_at_its_checkpoint(data: Path, tmp_path: Path) -
     # and it carries on from there
     steps: list[int] = []
     res = train(cfg, data, out, TrainHooks(on_metrics=lambda s, m: steps.append(s) if "loss_d" in m else None))
-    assert res.resumed_from == 2 and res.step == 4 and steps == [3, 4]
+    assert res.resumed_from == 2
+    assert res.step == 4
+    assert steps == [3, 4]
     assert torch.load(res.checkpoint, weights_only=True)["step"] == 4
 
     # a different config in the same out_dir is refused before any work
@@ -148,10 +167,12 @@ def test_selection_ships_the_best_judged_weights_and_survives_resume(data: Path,
     res = train(cfg, data, out, hooks)
     prompts = train_prompts(data)
     parsed = [vocab.parse_prompt(p) for p in prompts]
-    assert parsed and not any(vocab.is_held_out(q.color, q.shape, q.motion) for q in parsed)
+    assert parsed
+    assert not any(vocab.is_held_out(q.color, q.shape, q.motion) for q in parsed)
     assert sorted(scores) == [1, 2, 3]
     best = max(scores.values())
-    assert res.selected_score == best and res.selected_step == max(s for s, v in scores.items() if v == best)
+    assert res.selected_score == best
+    assert res.selected_step == max(s for s, v in scores.items() if v == best)
     ckpt = torch.load(res.checkpoint, weights_only=True)
     assert ckpt["best"]["step"] == res.selected_step
     exported = torch.load(res.export_dir / "generator.pt", weights_only=True)
@@ -161,7 +182,8 @@ def test_selection_ships_the_best_judged_weights_and_survives_resume(data: Path,
     assert judge.score(clips, prompts)["all_all3"] == res.selected_score
 
     res2 = train(config_for("cpu-demo", model="video", max_steps=5, select_every=1, **TINY), data, out)
-    assert res2.resumed_from == 3 and res2.selected_step >= (res.selected_step or 0)
+    assert res2.resumed_from == 3
+    assert res2.selected_step >= (res.selected_step or 0)
     assert res2.selected_score >= res.selected_score  # the best so far came back from the checkpoint
 
 

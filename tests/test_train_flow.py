@@ -75,7 +75,9 @@ def test_training_writes_checkpoint_mlflow_run_and_registered_version(
         trained: dict[str, tuple[Any, dict[str, Any]]], data_dir: Path, mlflow_store: str, model: str) -> None:
     state, r = trained[model]
     assert task_states(state) == ["Completed"]
-    assert r["step"] == 2 and r["resumed_from"] is None and r["cached"] is False
+    assert r["step"] == 2
+    assert r["resumed_from"] is None
+    assert r["cached"] is False
     cfg = config_for("cpu-demo", model=model, max_steps=2, **TINY_TRAIN)
     assert Path(r["checkpoint"]) == run_dir(data_dir, cfg, r["manifest_checksum"]) / "checkpoints" / "last.pt"
     assert checkpoint_step(r["checkpoint"]) == 2
@@ -85,27 +87,32 @@ def test_training_writes_checkpoint_mlflow_run_and_registered_version(
     assert run.info.status == "FINISHED"
     cfg = config_for("cpu-demo", model=model, max_steps=2, **TINY_TRAIN).to_dict()
     assert {k: run.data.params[k] for k in cfg} == tracking.flatten_params(cfg)
-    assert run.data.params["data.frames"] == "8" and run.data.params["data.size"] == "32"
+    assert run.data.params["data.frames"] == "8"
+    assert run.data.params["data.size"] == "32"
     for key in ("loss_d", "loss_g", "clips_per_s"):
         assert [m.step for m in client.get_metric_history(r["run_id"], key)] == [1, 2], key
     assert client.get_metric_history(r["run_id"], "clips_per_s")[-1].value > 0
     tags = run.data.tags
     assert tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
-    assert tags["model"] == model and tags["profile"] == "cpu-demo"
+    assert tags["model"] == model
+    assert tags["profile"] == "cpu-demo"
     assert tags["dataset.manifest_checksum"] == dataset.manifest_checksum(data_dir) == r["manifest_checksum"]
     assert tags["code_version"] == model_code_version(model)
     images = [a.path for a in client.list_artifacts(r["run_id"], "images")]
     assert any("samples+step+2+" in p and p.endswith(".png") for p in images), images
 
     version = client.get_model_version(REGISTERED, r["model_version"])
-    assert version.run_id == r["run_id"] and version.tags["step"] == "2" and version.tags["model"] == model
+    assert version.run_id == r["run_id"]
+    assert version.tags["step"] == "2"
+    assert version.tags["model"] == model
     assert str(client.get_model_version_by_alias(REGISTERED, f"{model}-latest").version) == r["model_version"]
     assert r["model_uri"] == f"models:/{REGISTERED}/{r['model_version']}"
     assert mlflow.models.get_model_info(r["model_uri"]).signature.params.to_dict()[0]["default"] == 0
 
     arts = {a.type: a for a in artifacts_of(state)}
     assert arts["progress"].data == 100.0
-    assert r["run_id"] in arts["markdown"].data and r["model_uri"] in arts["markdown"].data
+    assert r["run_id"] in arts["markdown"].data
+    assert r["model_uri"] in arts["markdown"].data
 
 
 @pytest.mark.parametrize("model", ["video", "baseline"])
@@ -137,14 +144,16 @@ def test_longer_run_resumes_checkpoint_and_mlflow_run(prefect_api: str, mlflow_s
     _, first = run_flow(data_dir, model="video", max_steps=2, out=str(out))
     state, second = run_flow(data_dir, model="video", max_steps=4, out=str(out))
     assert task_states(state) == ["Completed"]  # max_steps is in the cache key...
-    assert second["resumed_from"] == 2 and second["step"] == 4  # ...but not in what a checkpoint must match
+    assert second["resumed_from"] == 2
+    assert second["step"] == 4  # ...but not in what a checkpoint must match
     assert checkpoint_step(out / "checkpoints" / "last.pt") == 4
     assert second["run_id"] == first["run_id"]
 
     client = MlflowClient(mlflow_store)
     assert [m.step for m in client.get_metric_history(first["run_id"], "loss_d")] == [1, 2, 3, 4]
     run = client.get_run(first["run_id"])
-    assert run.data.params["max_steps"] == "2" and run.data.tags["resumed.max_steps"] == "4"
+    assert run.data.params["max_steps"] == "2"
+    assert run.data.tags["resumed.max_steps"] == "4"
     assert run.data.tags["resumed_from_step"] == "2"
     steps = sorted(v.tags["step"] for v in client.search_model_versions(f"name='{REGISTERED}' and "
                                                                          f"run_id='{first['run_id']}'"))
@@ -199,7 +208,8 @@ def test_cli_prints_run_version_and_uri(trained: dict[str, tuple[Any, dict[str, 
     assert f"model URI: {r['model_uri']}" in proc.stdout
 
     bad = t2v_cli("train", "--data", str(data_dir), "--set", "nope=1")
-    assert bad.returncode == 2 and "unknown config field(s) nope" in bad.stderr
+    assert bad.returncode == 2
+    assert "unknown config field(s) nope" in bad.stderr
 
 
 def test_failed_attempt_is_retried_from_its_checkpoint_in_the_same_run(
@@ -224,8 +234,10 @@ def test_failed_attempt_is_retried_from_its_checkpoint_in_the_same_run(
     with get_client(sync_client=True) as client:
         (task_run,) = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    assert task_run.state.name == "Completed" and task_run.run_count == 2
-    assert r["resumed_from"] == 2 and r["step"] == 4
+    assert task_run.state.name == "Completed"
+    assert task_run.run_count == 2
+    assert r["resumed_from"] == 2
+    assert r["step"] == 4
     client = MlflowClient(mlflow_store)
     assert client.get_run(r["run_id"]).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(r["run_id"], "loss_d")] == [1, 2, 3, 4]
@@ -241,6 +253,7 @@ def test_cache_hit_whose_registered_version_is_gone_trains_again(prefect_api: st
     MlflowClient(mlflow_store).delete_model_version(REGISTERED, first["model_version"])
     state, again = run_flow(data_dir, model="baseline", max_steps=2, out=out)
     assert sorted(task_states(state)) == ["Cached", "Completed"]  # the stale hit, then the refreshed run
-    assert again["cached"] is False and again["run_id"] == first["run_id"]
+    assert again["cached"] is False
+    assert again["run_id"] == first["run_id"]
     assert int(again["model_version"]) > int(first["model_version"])
     assert MlflowClient(mlflow_store).get_model_version(REGISTERED, again["model_version"]).run_id == first["run_id"]
