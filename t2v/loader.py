@@ -2,11 +2,11 @@
 
 Shards are grouped by motion, so reading them one after another would give batches of one motion.
 Every worker therefore opens *all* train shards as endless per-shard streams and interleaves them
-at random (`wds.RandomMix`, weighted by shard size), then shuffles in a buffer, decodes, and
-batches. One explicit pipeline:
+at random (`SeededMix`: RandomMix with its own seeded RNG, weighted by shard size), then shuffles in
+a buffer, decodes, and batches. One explicit pipeline:
 
   per shard: ResampledShards([url]) -> tarfile_to_samples      (endless, one stream per shard)
-  RandomMix(streams, probs=bytes) -> shuffle(buffer) -> map(contract_sample) -> decode("rgb8")
+  SeededMix(streams, weights=bytes) -> shuffle(buffer) -> map(contract_sample) -> decode("rgb8")
   -> map(example) -> batched(B)
 
 Only the shards `shards.parquet` lists are read, each checked against its sha256 before the first
@@ -89,6 +89,27 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class SeededMix(IterableDataset):
+    """`wds.RandomMix` with its own RNG: stock RandomMix draws from the process-global `random`, which any
+    library thread (logging, tracking, a progress bar) may advance, so the data order, and with it the
+    trained weights, would depend on timing."""
+
+    def __init__(self, streams: list[wds.DataPipeline], weights: list[float], seed: int) -> None:
+        super().__init__()
+        self.streams, self.seed = streams, seed
+        self.cum = np.cumsum(np.asarray(weights, dtype=np.float64) / float(sum(weights)))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = random.Random(self.seed)
+        sources = [iter(s) for s in self.streams]
+        while True:
+            i = min(int(np.searchsorted(self.cum, rng.random())), len(sources) - 1)
+            try:
+                yield next(sources[i])
+            except StopIteration:
+                return
+
+
 class TrainStream(IterableDataset):
     """Endless batches of mixed motions, shapes and colours; each worker seeds its own pipeline."""
 
@@ -107,7 +128,7 @@ class TrainStream(IterableDataset):
             for u in self.urls
         ]
         return wds.DataPipeline(
-            wds.RandomMix(streams, probs=self.weights),
+            SeededMix(streams, self.weights, seed + 2),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng) if self.shuffle_buffer else wds.map(lambda s: s),
             wds.map(dataset.contract_sample),
             wds.decode("rgb8"),
@@ -119,8 +140,6 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         wid = info.id if info is not None else 0
         seed = (self.seed * 1_000_003 + wid * 7919) % 2**31
-        if info is not None:
-            random.seed(seed)  # RandomMix draws from the worker's global `random`
         return iter(self.pipeline(seed))
 
 

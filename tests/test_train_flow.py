@@ -257,3 +257,15 @@ def test_cache_hit_whose_registered_version_is_gone_trains_again(prefect_api: st
     assert again["run_id"] == first["run_id"]
     assert int(again["model_version"]) > int(first["model_version"])
     assert MlflowClient(mlflow_store).get_model_version(REGISTERED, again["model_version"]).run_id == first["run_id"]
+
+
+def test_same_request_into_two_run_dirs_exports_identical_weights(prefect_api: str, mlflow_store: str,
+                                                                  data_dir: Path, tmp_path: Path) -> None:
+    """The issue's reproduction: the same dataset, config and seed through the whole stage (Prefect,
+    MLflow, system metrics threads and all) twice, into two run dirs."""
+    overrides = {**TINY_TRAIN, "seed": 7, "select_every": 0}
+    results = [run_flow(data_dir, model="video", max_steps=12, out=str(tmp_path / d), overrides=overrides)[1]
+               for d in ("A", "B")]
+    for name in ("generator.pt", "text_encoder.pt"):
+        a, b = (Path(r["export_dir"]) / name for r in results)
+        assert a.read_bytes() == b.read_bytes(), name
