@@ -12,7 +12,6 @@ module, which is part of the installed package.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from registry import REGISTERED_MODEL
+from registry import REGISTERED_MODEL, tracking
 
 ARTIFACT_KEY = "generator"  # the export directory inside the model's artifacts
 MODEL_NAME = "generator"  # the logged model's name within its run
@@ -82,10 +81,8 @@ def signature(frames: int, size: int) -> ModelSignature:
 
 def _pin(dist: str) -> str:
     """`dist==version` as installed here (local build tags such as +cpu dropped); bare name when absent."""
-    try:
-        return f"{dist}=={importlib.metadata.version(dist).split('+')[0]}"
-    except importlib.metadata.PackageNotFoundError:
-        return dist
+    version = tracking.installed_version(dist)
+    return f"{dist}=={version}" if version else dist
 
 
 def requirements() -> list[str]:

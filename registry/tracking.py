@@ -9,8 +9,10 @@ training continues the same MLflow run instead of starting a second one.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
+import platform
 import os
 import socket
 from dataclasses import dataclass
@@ -131,6 +133,29 @@ def ui_command(t: Tracking) -> str:
 def system_metrics_available() -> bool:
     """MLflow's system-metrics monitor needs psutil; without it start_run(log_system_metrics=True) raises."""
     return importlib.util.find_spec("psutil") is not None
+
+
+PINNED = ("t2v-pipeline", "torch", "numpy", "webdataset", "pillow", "mlflow", "prefect")  # what decides a run's numbers
+
+
+def installed_version(dist: str) -> str | None:
+    """The installed version of a distribution (local build tags such as +cpu dropped); None when absent."""
+    try:
+        return importlib.metadata.version(dist).split("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def reproducibility_tags(max_seconds: float) -> dict[str, str]:
+    """What a run needs beside its config and dataset checksum to be reproduced: the interpreter and
+    package versions, and whether a wall-clock cap made its length depend on the machine."""
+    tags = {"env.python": platform.python_version(),
+            **{f"env.{d}": installed_version(d) or "absent" for d in PINNED}}
+    tags["reproducible"] = "true" if max_seconds <= 0 else "false"
+    if max_seconds > 0:
+        tags["reproducible.why_not"] = (f"max_seconds={max_seconds:g}: the step count reached depends on the "
+                                        f"machine's speed; set max_seconds=0 and a max_steps budget instead")
+    return tags
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

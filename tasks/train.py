@@ -126,7 +126,11 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
         tags = {"model": cfg.model, "profile": cfg.profile, "dataset.manifest_checksum": manifest_checksum,
                 "code_version": code_version}
         run_tags = {**tags, "prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id),
-                    "data_dir": str(data_dir), "out_dir": str(out), tracking.OWNER_TAG: tracking.owner_id()}
+                    "data_dir": str(data_dir), "out_dir": str(out), tracking.OWNER_TAG: tracking.owner_id(),
+                    **tracking.reproducibility_tags(cfg.max_seconds)}
+        if cfg.max_seconds > 0:
+            logger.warning("max_seconds=%g caps this run by wall clock: its step count (and model) depends on this "
+                           "machine's speed; the run is tagged reproducible=false", cfg.max_seconds)
         system_metrics = tracking.system_metrics_available()
         if not system_metrics:
             logger.warning("psutil is not installed: MLflow system metrics are off for this run")

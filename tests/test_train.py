@@ -206,3 +206,19 @@ def test_same_seed_gives_bit_identical_weights_whatever_else_draws_from_random(d
     loud = train(cfg, data, tmp_path / "b", TrainHooks(on_metrics=noisy))
     for name in ("generator.pt", "text_encoder.pt"):
         assert (quiet.export_dir / name).read_bytes() == (loud.export_dir / name).read_bytes(), name
+
+
+def test_the_step_budget_holds_on_a_slow_machine(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No profile caps wall-clock time, so a machine 100 s slower per tick still trains every step."""
+    import itertools
+
+    from t2v import train as t2v_train
+
+    assert {name: p.max_seconds for name, p in PROFILES.items()} == {name: 0.0 for name in PROFILES}
+    ticks = itertools.count()
+    monkeypatch.setattr(t2v_train.time, "perf_counter", lambda: 100.0 * next(ticks))
+    res = train(config_for("cpu-demo", max_steps=4, select_every=0, **TINY), data, tmp_path / "slow")
+    assert res.step == 4
+    capped = train(config_for("cpu-demo", max_steps=4, select_every=0, max_seconds=150.0, **TINY), data,
+                   tmp_path / "capped")
+    assert capped.step < 4  # a cap the user sets is still honoured

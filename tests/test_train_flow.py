@@ -269,3 +269,17 @@ def test_same_request_into_two_run_dirs_exports_identical_weights(prefect_api: s
     for name in ("generator.pt", "text_encoder.pt"):
         a, b = (Path(r["export_dir"]) / name for r in results)
         assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_run_records_what_reproduces_it_and_flags_a_time_cap(trained: dict[str, tuple[Any, dict[str, Any]]],
+                                                              data_dir: Path, mlflow_store: str, tmp_path: Path) -> None:
+    tags = MlflowClient(mlflow_store).get_run(trained["video"][1]["run_id"]).data.tags
+    assert tags["reproducible"] == "true"
+    assert tags["env.torch"] == torch.__version__.split("+")[0]
+    assert tags["env.python"].count(".") == 2
+    assert tags["dataset.manifest_checksum"] == dataset.manifest_checksum(data_dir)
+    _, capped = run_flow(data_dir, model="video", max_steps=2, out=str(tmp_path / "capped"),
+                         overrides={**TINY_TRAIN, "max_seconds": 3600})
+    tags = MlflowClient(mlflow_store).get_run(capped["run_id"]).data.tags
+    assert tags["reproducible"] == "false"
+    assert "max_seconds=3600" in tags["reproducible.why_not"]
