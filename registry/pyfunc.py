@@ -27,6 +27,7 @@ from registry import REGISTERED_MODEL, tracking
 
 ARTIFACT_KEY = "generator"  # the export directory inside the model's artifacts
 MODEL_NAME = "generator"  # the logged model's name within its run
+INPUT_EXAMPLE = ["red circle moving up-right"]  # shown by `mlflow models serve` and the registry page
 DEVICE_ENV = "T2V_DEVICE"  # serving device override ("cpu", "cuda", "cuda:1"); default: cuda when available
 
 
@@ -99,6 +100,7 @@ def log_generator(export_dir: Path, frames: int, size: int, registered_model: st
         python_model=GeneratorModel(),
         artifacts={ARTIFACT_KEY: str(export_dir)},
         signature=signature(frames, size),
+        input_example=INPUT_EXAMPLE,
         pip_requirements=requirements(),
         registered_model_name=registered_model,
         metadata=metadata,

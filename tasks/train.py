@@ -43,13 +43,16 @@ def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
 
 
 class _RunLogger:
-    """The TrainHooks of one training: metrics, sample grids and checkpoints to MLflow and Prefect."""
+    """The TrainHooks of one training: metrics, sample grids and checkpoints to MLflow and Prefect.
+
+    Per-step metrics go to MLflow and to `<run dir>/train.log`, not to the terminal, where the
+    progress bar and the Prefect artifact show how far training got."""
 
     def __init__(self, run_id: str, client: mlflow.MlflowClient, max_steps: int, progress: bool,
-                 reached: dict[str, int | None]) -> None:
+                 reached: dict[str, int | None], log_file: Path) -> None:
         from tqdm import tqdm
 
-        self.run_id, self.client, self.max_steps = run_id, client, max_steps
+        self.run_id, self.client, self.max_steps, self.log_file = run_id, client, max_steps, log_file
         self.reached = reached  # {"step", "checkpoint"}: where training got, for the unreachable-store message
         self.logger = get_run_logger()
         self.artifact = create_progress_artifact(0.0, description=f"training: 0 / {max_steps} steps")
@@ -58,7 +61,8 @@ class _RunLogger:
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.reached["step"] = step
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
-        self.logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        with open(self.log_file, "a") as f:
+            f.write(f"step {step}: {', '.join(f'{k} {v:.4g}' for k, v in metrics.items())}\n")
         if "loss_d" not in metrics:  # a checkpoint-selection score: no progress to report
             return
         pct = min(100.0, 100.0 * step / self.max_steps)
@@ -146,7 +150,7 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
             logger.info("MLflow run %s (%s)%s", run_id, tracking.run_link(t, run_id),
                         f"; changed on resume: {changed}" if changed else "")
 
-            hooks = _RunLogger(run_id, t.client(), cfg.max_steps, progress, reached)
+            hooks = _RunLogger(run_id, t.client(), cfg.max_steps, progress, reached, out / "train.log")
             try:
                 result = t2v_train.train(cfg, Path(data_dir), out, hooks.hooks())
             finally:

@@ -273,7 +273,10 @@ def test_same_request_into_two_run_dirs_exports_identical_weights(prefect_api: s
 
 def test_run_records_what_reproduces_it_and_flags_a_time_cap(trained: dict[str, tuple[Any, dict[str, Any]]],
                                                               data_dir: Path, mlflow_store: str, tmp_path: Path) -> None:
-    tags = MlflowClient(mlflow_store).get_run(trained["video"][1]["run_id"]).data.tags
+    r = trained["video"][1]
+    log = (Path(r["checkpoint"]).parent.parent / "train.log").read_text().splitlines()
+    assert [line.split(":")[0] for line in log if "loss_d" in line] == ["step 1", "step 2"]  # metrics to a file
+    tags = MlflowClient(mlflow_store).get_run(r["run_id"]).data.tags
     assert tags["reproducible"] == "true"
     assert tags["env.torch"] == torch.__version__.split("+")[0]
     assert tags["env.python"].count(".") == 2
