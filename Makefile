@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_TELEMETRY_ENABLED ?= false
 
-.PHONY: install test demo bench up down status clean
+.PHONY: install test demo bench reference up down status clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: install
 bench: install
 	$(BIN)/python bench/bench_data.py --json data/bench_data.json
 	$(BIN)/python bench/bench_train.py --json data/bench_train.json
+
+# The evaluation's reference featnet for the default vocabulary, shipped in t2v/reference/featnet/ (~4 min on 2 cores);
+# rerun after changing the vocabulary, the renderer or t2v/featnet.py (a test says when it is stale).
+reference: install
+	$(BIN)/python -c "from t2v import featnet; print(featnet.ship_reference())"
 
 # Local operations stack: Prefect server, MLflow server, deployments served (127.0.0.1 by default).
 # Ports and bind address: make up PREFECT_PORT=4300 MLFLOW_PORT=5300 HOST=127.0.0.1

@@ -35,7 +35,7 @@ def eval_stage(
     """
     dataset.confine(os.environ.get(dataset.ROOT_ENV), data=data)
     req = check_eval_request(model, data, samples, seen_prompts, seed)
-    net = ensure_featnet(str(req.data_dir), req.manifest_checksum)
+    net = ensure_featnet(str(req.data_dir), [list(v) for v in req.vocabulary], req.prompts.frames, req.prompts.size)
     result = _evaluate(req, req.model, net, force)
     champ_ref = versions.current_champion(versions.client_for(req.tracking_uri), req.model.name)
     champion, champion_error = None, None

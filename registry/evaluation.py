@@ -29,10 +29,11 @@ class EvalRequest:
     config: ev.EvalConfig
     prompts: ev.PromptSet
     tracking_uri: str
+    vocabulary: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # the dataset's colours, shapes, motions
 
 
-def dataset_prompts(data_dir: Path, cfg: ev.EvalConfig) -> ev.PromptSet:
-    """The evaluation prompts of a dataset: its own colours, shapes and motions, its clip geometry."""
+def dataset_vocabulary(data_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int, int]:
+    """(colours, shapes, motions, frames, side) of a dataset, in vocabulary order."""
     manifest = dataset.load_manifest(data_dir)
     known = vocab.motion_names()
     missing = sorted(set(manifest["motion"]) - set(known))
@@ -43,9 +44,14 @@ def dataset_prompts(data_dir: Path, cfg: ev.EvalConfig) -> ev.PromptSet:
     if len(geometry) != 1:
         raise ValueError(f"the dataset at {str(data_dir)!r} mixes clip geometries (frames, side): {sorted(geometry)}")
     frames, size = geometry.pop()
-    return ev.prompt_set([c for c in vocab.COLORS if c in set(manifest["color"])],
-                         [s for s in vocab.SHAPES if s in set(manifest["shape"])],
-                         [m for m in known if m in set(manifest["motion"])], int(frames), int(size), cfg)
+    return (tuple(c for c in vocab.COLORS if c in set(manifest["color"])),
+            tuple(s for s in vocab.SHAPES if s in set(manifest["shape"])),
+            tuple(m for m in known if m in set(manifest["motion"])), int(frames), int(size))
+
+
+def dataset_prompts(data_dir: Path, cfg: ev.EvalConfig) -> ev.PromptSet:
+    """The evaluation prompts of a dataset: its own colours, shapes and motions, its clip geometry."""
+    return ev.prompt_set(*dataset_vocabulary(data_dir), cfg)
 
 
 def check_eval_request(model: str | None = None, data: str | Path = "data", samples: int = ev.EvalConfig.samples,
@@ -70,4 +76,5 @@ def check_eval_request(model: str | None = None, data: str | Path = "data", samp
 
     uri = tracking.tracking_uri()
     ref = versions.resolve_model(model, versions.client_for(uri))
-    return EvalRequest(data_dir, dataset.manifest_checksum(data_dir), ref, cfg, prompts, uri)
+    colors, shapes, motions, _, _ = dataset_vocabulary(data_dir)
+    return EvalRequest(data_dir, dataset.manifest_checksum(data_dir), ref, cfg, prompts, uri, (colors, shapes, motions))

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ import torch.nn.functional as F
 
 from t2v import vocab
 from t2v.io import atomic_write_bytes, source_hash
+
+if TYPE_CHECKING:
+    from t2v.shards import DataParams
 
 HEADS = ("motion", "shape", "color")
 WEIGHTS_FILE = "featnet.pt"
@@ -480,9 +483,66 @@ def fit_from_shards(root: Path | str, cfg: FeatNetConfig = FeatNetConfig()) -> C
     return train(data, cfg, read_split(root, "val", cfg))
 
 
-def cache_key(manifest_checksum: str, cfg: FeatNetConfig) -> str:
-    """Names one trained classifier: the dataset version, its config and this module's code."""
-    return source_hash(__name__, json.dumps([manifest_checksum, asdict(cfg)], sort_keys=True).encode())
+# ----------------------------------------------------------------------------- the reference network
+# Like FVD's fixed I3D, the network the distance is measured in does not follow the dataset: it is
+# trained on a reference set rendered from the vocabulary itself, so it changes only when the
+# vocabulary (colours, shapes, motions and their code), the clip geometry or this module does.
+
+REFERENCE_TRAIN_PER_COMBO = 28  # train clips per seen combination: ~6k for the full vocabulary (cfg.max_train_clips)
+REFERENCE_VAL_PER_COMBO = 2  # val clips per seen combination, for the accuracy recorded with the weights
+REFERENCE_SEED = 20_251_201  # its own seed: the reference shares no clip with a dataset of seed 0, 1, 2, ...
+SHIPPED_DIR = Path(__file__).parent / "reference" / "featnet"  # weights committed for the default vocabulary
+
+
+def reference_params(colors: Sequence[str], shapes: Sequence[str], motions: Sequence[str], frames: int,
+                     size: int) -> DataParams:
+    """The reference set of a vocabulary and clip geometry."""
+    from t2v.shards import DataParams
+
+    return DataParams(colors=tuple(colors), shapes=tuple(shapes), motions=tuple(motions),
+                      clips_per_combo=REFERENCE_TRAIN_PER_COMBO, val_per_combo=REFERENCE_VAL_PER_COMBO,
+                      frames=frames, size=size, seed=REFERENCE_SEED)
+
+
+def reference_key(params: DataParams, cfg: FeatNetConfig = FeatNetConfig()) -> str:
+    """Names the reference network: its vocabulary (with every motion's code), geometry, config and the
+    code of this module, the renderer and the shard format."""
+    reg = vocab.motions()
+    body = json.dumps([asdict(params), {m: reg[m].spec_hash for m in params.motions}, asdict(cfg),
+                       asdict(Labels.current())], sort_keys=True)
+    return source_hash(__name__, "t2v.render", "t2v.shards", body.encode())
+
+
+def fit_reference(params: DataParams, workdir: Path | str, cfg: FeatNetConfig = FeatNetConfig()) -> Classifier:
+    """Render the reference set under `workdir` and train the network on it."""
+    from t2v import dataset
+
+    dataset.write_dataset(Path(workdir), params)
+    return fit_from_shards(workdir, cfg)
+
+
+def default_reference() -> DataParams:
+    """The vocabulary `make demo` evaluates: every built-in colour, shape and motion at 16 x 64 x 64."""
+    from t2v.shards import DataParams
+
+    d = DataParams()
+    return reference_params(d.colors, d.shapes, vocab.motion_names(), d.frames, d.size)
+
+
+def ship_reference(cfg: FeatNetConfig = FeatNetConfig()) -> Path:
+    """Train the default reference network and write it under SHIPPED_DIR, replacing older ones (what
+    `make reference` runs after the vocabulary, the renderer or this module changed)."""
+    import shutil
+    import tempfile
+
+    params = default_reference()
+    with tempfile.TemporaryDirectory() as tmp:
+        clf = fit_reference(params, Path(tmp) / "reference", cfg)
+    out = save(clf, SHIPPED_DIR / reference_key(params, cfg))
+    for old in SHIPPED_DIR.iterdir():
+        if old != out:
+            shutil.rmtree(old)
+    return out
 
 
 def save(clf: Classifier, directory: Path | str) -> Path:

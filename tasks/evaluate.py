@@ -13,6 +13,7 @@ call in `registry.versions`; these wrappers add caching, retries and Prefect art
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,26 +37,32 @@ FEATNET_DIR = "featnet"  # under the dataset root
 NOT_RETRIED = (ValueError, TypeError, FileNotFoundError)
 
 
-@task(name="featnet", task_run_name="featnet {manifest_checksum:.12}", cache_policy=NO_CACHE, retries=1)
-def ensure_featnet(data_dir: str, manifest_checksum: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The dataset's learned-metric classifier: trained on its train split once, then read from
-    `<data>/featnet/<key>/` (a file cache: it survives a wiped Prefect database)."""
+@task(name="featnet", task_run_name="featnet reference", cache_policy=NO_CACHE, retries=1)
+def ensure_featnet(data_dir: str, vocabulary: list[list[str]], frames: int, size: int,
+                   config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reference network of the dataset's vocabulary and geometry (`t2v.featnet.reference_key`):
+    the one shipped with the package when it matches, else one trained once on a rendered reference
+    set and kept under `<data>/featnet/<key>/` (a file cache: it survives a wiped Prefect database)."""
     logger = get_run_logger()
     cfg = featnet.FeatNetConfig(**(config or {}))
-    key = featnet.cache_key(manifest_checksum, cfg)
-    out = Path(data_dir) / FEATNET_DIR / key
+    params = featnet.reference_params(*vocabulary, frames, size)
+    key = featnet.reference_key(params, cfg)
+    source = "shipped"
+    out = featnet.SHIPPED_DIR / key
+    if not out.is_dir():
+        out, source = Path(data_dir) / FEATNET_DIR / key, "cached"
     try:
         clf = featnet.load(out)
-        trained = False
     except FileNotFoundError:
-        logger.info("training the featnet classifier on %s (%d epochs, <= %d clips)", data_dir, cfg.epochs,
-                    cfg.max_train_clips)
-        clf = featnet.fit_from_shards(data_dir, cfg)
+        source = "trained"
+        logger.info("training the reference featnet %s (%d epochs, <= %d clips; once per vocabulary)", key,
+                    cfg.epochs, cfg.max_train_clips)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".reference-") as tmp:
+            clf = featnet.fit_reference(params, Path(tmp) / "data", cfg)
         featnet.save(clf, out)
-        trained = True
-    logger.info("featnet %s: val all-three %.3f (%s)", key, clf.metrics.get("val_all", float("nan")),
-                "trained" if trained else "cached")
-    return {"dir": str(out), "key": key, "metrics": clf.metrics, "trained": trained}
+    logger.info("featnet %s: val all-three %.3f (%s)", key, clf.metrics.get("val_all", float("nan")), source)
+    return {"dir": str(out), "key": key, "metrics": clf.metrics, "trained": source == "trained", "source": source}
 
 
 def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:

@@ -164,3 +164,21 @@ def test_weights_load_without_pickle(clf: fn.Classifier, tmp_path: Path) -> None
     again = fn.load(tmp_path)
     x, _ = _real("reload", per_combo=1)
     assert np.array_equal(again.features(x[:8]), clf.features(x[:8]))
+
+
+def test_the_shipped_reference_is_the_current_one_and_loads_without_pickle() -> None:
+    """`make demo` evaluates with the shipped network instead of training one: it must be the one the
+    current vocabulary, renderer and featnet code name (else rerun `make reference`)."""
+    key = fn.reference_key(fn.default_reference())
+    assert sorted(p.name for p in fn.SHIPPED_DIR.iterdir()) == [key]
+    clf = fn.load(fn.SHIPPED_DIR / key)  # weights_only=True inside
+    assert clf.frames == 16
+    assert clf.frame_size == 64
+    assert clf.metrics["val_all"] > 0.95
+
+
+def test_reference_depends_on_the_vocabulary_not_on_the_dataset() -> None:
+    base = fn.reference_params(["red", "blue"], ["circle"], ["moving up"], 8, 32)
+    assert fn.reference_key(base) == fn.reference_key(fn.reference_params(["red", "blue"], ["circle"], ["moving up"], 8, 32))
+    assert fn.reference_key(base) != fn.reference_key(fn.reference_params(["red"], ["circle"], ["moving up"], 8, 32))
+    assert fn.reference_key(base) != fn.reference_key(fn.reference_params(["red", "blue"], ["circle"], ["moving up"], 8, 40))

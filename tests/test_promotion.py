@@ -95,6 +95,15 @@ def test_first_model_becomes_champion(history: dict[str, Any], store: dict[str, 
     assert "first" in tags["eval.reason"]
 
 
+def test_the_reference_featnet_is_trained_once_then_reused(history: dict[str, Any]) -> None:
+    """The tiny vocabulary of this dataset ships no reference network: the first evaluation trains it,
+    every later one (another model, the champion again) loads it."""
+    assert history["first"]["featnet"]["source"] == "trained"
+    for later in ("better", "worse"):
+        assert history[later]["featnet"]["source"] == "cached"
+        assert history[later]["featnet"]["key"] == history["first"]["featnet"]["key"]
+
+
 def test_better_model_is_promoted_with_both_scores_recorded(history: dict[str, Any], store: dict[str, Any]) -> None:
     better = history["better"]
     assert better["uri"] == f"models:/{NAME}/{history['v2']}"
