@@ -24,7 +24,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from t2v.config import DEFAULT_EXPERIMENT, RUN_RECORD
+from t2v.config import DEFAULT_EXPERIMENT, RUN_RECORD, read_run_record
 from t2v.io import atomic_write_bytes
 
 
@@ -188,14 +188,6 @@ def log_params_once(client: MlflowClient, run_id: str, params: Mapping[str, str]
     for k, v in changed.items():
         client.set_tag(run_id, f"resumed.{k}", v)
     return changed
-
-
-def read_run_record(out_dir: Path) -> dict[str, str] | None:
-    """The MLflow run a previous attempt of this training wrote, if any."""
-    path = Path(out_dir) / RUN_RECORD
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
 
 
 def write_run_record(out_dir: Path, record: Mapping[str, str]) -> None:

@@ -163,9 +163,3 @@ def download_export(client: MlflowClient, name: str, version: str, dest: Path) -
                 raise FileNotFoundError(f"{name} version {version} holds no generator export")
             shutil.copytree(found[0].parent, tmp, dirs_exist_ok=True)
     return dest
-
-
-def champion_version(client: MlflowClient, name: str = REGISTERED_MODEL) -> str | None:
-    """The version the alias names now; None when there is no champion yet."""
-    ref = current_champion(client, name)
-    return ref.version if ref else None

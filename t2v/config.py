@@ -238,6 +238,14 @@ def check_resumable(meta: Mapping[str, Any], cfg: TrainConfig, frames: int, size
                          f"config, or train into a new out_dir")
 
 
+def read_run_record(out_dir: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The MLflow run a previous attempt of this training recorded in its run dir, if any."""
+    path = Path(out_dir) / RUN_RECORD
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
 def check_train_config(model: str = "video", profile: str = "cpu-demo", max_steps: int | None = None,
                        overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """The config a training request names, or ValueError naming the bad model, profile, field or value."""
@@ -300,8 +308,7 @@ def check_train_request(data: str | os.PathLike[str], model: str = "video", prof
     out_dir = dataset.check_output_dir(out if out is not None else run_dir(data_dir, cfg, checksum))
     ckpt = out_dir / "checkpoints" / CKPT_NAME
     if ckpt.is_file():
-        record = out_dir / RUN_RECORD
-        trained_on = json.loads(record.read_text()).get("manifest_checksum") if record.is_file() else None
+        trained_on = (read_run_record(out_dir) or {}).get("manifest_checksum")
         if trained_on and trained_on != checksum:
             raise ValueError(f"{str(out_dir)!r} holds a training on another version of the dataset (manifest "
                              f"{trained_on[:12]}, now {checksum[:12]}); train into a new --out")
