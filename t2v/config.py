@@ -62,6 +62,7 @@ class TrainConfig:
     # a GAN's last step is a draw from its oscillation, and the check picks the good phase
     seed: int = 0  # model init, noise and data order
     device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu" / "cuda" / "cuda:N"
+    deterministic: bool = False  # CUDA: deterministic kernels only, no TF32, no cuDNN autotuning (slower); CPU already is
     compile: bool = False  # torch.compile the generator/discriminators (CUDA only; slow start, pays off on long runs)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 conv is slower)
     num_workers: int = 0  # DataLoader workers decoding PNGs; 0 = in the training process (on few cores a worker takes a torch thread)

@@ -157,21 +157,27 @@ def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks | N
     ckpt = load_checkpoint(ckpt_path, device) if ckpt_path.is_file() else None
     if ckpt is not None:
         check_resumable(ckpt, cfg, info.frames, info.size, ckpt_path)  # before any work or any write
-    threads_before = torch.get_num_threads()
+    threads_before, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.num_workers))
     try:
         return _train(cfg, data_dir, out_dir, hooks, info, device, ckpt_path, ckpt, t_start)
     finally:
         torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
 
 
 def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, info: DatasetInfo,
            device: torch.device, ckpt_path: Path, ckpt: dict[str, Any] | None, t_start: float) -> TrainResult:
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        fast = not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        torch.backends.cudnn.allow_tf32 = fast
+        torch.backends.cudnn.benchmark = fast
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=False)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)

@@ -222,3 +222,13 @@ def test_the_step_budget_holds_on_a_slow_machine(data: Path, tmp_path: Path, mon
     capped = train(config_for("cpu-demo", max_steps=4, select_every=0, max_seconds=150.0, **TINY), data,
                    tmp_path / "capped")
     assert capped.step < 4  # a cap the user sets is still honoured
+
+
+def test_deterministic_mode_trains_the_same_weights_on_cpu(data: Path, tmp_path: Path) -> None:
+    """`deterministic=true` (for CUDA) runs on CPU too, where kernels already are, to the same bytes."""
+    cfg = config_for("cpu-demo", model="video", max_steps=4, select_every=0, seed=3, **TINY)
+    plain = train(cfg, data, tmp_path / "plain")
+    strict = train(config_for("cpu-demo", model="video", max_steps=4, select_every=0, seed=3, deterministic="true",
+                              **TINY), data, tmp_path / "strict")
+    assert not torch.are_deterministic_algorithms_enabled()  # the process-wide switch is restored
+    assert (plain.export_dir / "generator.pt").read_bytes() == (strict.export_dir / "generator.pt").read_bytes()
