@@ -232,6 +232,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seen-prompts", type=int, default=24, help="seen prompts sampled (default 24)")
     p.add_argument("--seed", type=int, default=0, help="generation seed, shared by the champion (default 0)")
     p.add_argument("--force", action="store_true", help="evaluate again even on a cache hit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_evaluate)
 
 
@@ -246,7 +247,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import eval_stage
 
     r = eval_stage(model=req.model.uri, data=str(req.data_dir), samples=args.samples,
-                   seen_prompts=args.seen_prompts, seed=args.seed, force=args.force)
+                   seen_prompts=args.seen_prompts, seed=args.seed, force=args.force, progress=not args.no_progress)
     m = r["metrics"]
     print(f"evaluated {r['uri']}{' (cached)' if r['cached'] else ''}: "
           f"{int(m['n_prompts_heldout'])} held-out and {int(m['n_prompts_seen'])} seen prompts x {int(m['samples'])}")

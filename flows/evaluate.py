@@ -24,6 +24,7 @@ def eval_stage(
     seen_prompts: int = _E.seen_prompts,
     seed: int = _E.seed,
     force: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model` (a registry URI; default the latest version of t2v-generator) on the dataset at
     `data`: every held-out prompt and `seen_prompts` seen ones, `samples` clips each with `seed`.
@@ -36,11 +37,11 @@ def eval_stage(
     dataset.confine(os.environ.get(dataset.ROOT_ENV), data=data)
     req = check_eval_request(model, data, samples, seen_prompts, seed)
     net = ensure_featnet(str(req.data_dir), [list(v) for v in req.vocabulary], req.prompts.frames, req.prompts.size)
-    result = _evaluate(req, req.model, net, force)
+    result = _evaluate(req, req.model, net, force, progress)
     champ_ref = versions.current_champion(versions.client_for(req.tracking_uri), req.model.name)
     champion, champion_error = None, None
     if champ_ref is not None and champ_ref.version != req.model.version:
-        state = evaluate_task(req.data_dir)(**evaluate_inputs(req, champ_ref, net), return_state=True)
+        state = evaluate_task(req.data_dir)(**evaluate_inputs(req, champ_ref, net, progress), return_state=True)
         if state.is_completed():
             champion = state.result()
         else:
@@ -58,9 +59,10 @@ def eval_stage(
     return {**result, **decision, "featnet": net}
 
 
-def _evaluate(req: EvalRequest, ref: versions.ModelRef, net: dict[str, Any], force: bool) -> dict[str, Any]:
+def _evaluate(req: EvalRequest, ref: versions.ModelRef, net: dict[str, Any], force: bool,
+              progress: bool = False) -> dict[str, Any]:
     """One cached evaluation; a cache hit whose media or model version is gone is evaluated again."""
-    inputs = evaluate_inputs(req, ref, net)
+    inputs = evaluate_inputs(req, ref, net, progress)
     state = evaluate_task(req.data_dir, refresh=force)(**inputs, return_state=True)
     result = state.result()
     if state.name == "Cached" and not cached_result_usable(result):

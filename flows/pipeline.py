@@ -59,7 +59,8 @@ def full_pipeline(
             overrides["init_from"] = init
     trained = train_stage(data=data["root"], model=model, profile=profile, max_steps=max_steps,
                           overrides=overrides, force=force_train, progress=progress)  # out: t2v.config.run_dir
-    evaluated = eval_stage(model=trained["model_uri"], data=data["root"], samples=eval_samples, force=force_eval)
+    evaluated = eval_stage(model=trained["model_uri"], data=data["root"], samples=eval_samples, force=force_eval,
+                           progress=progress)
     print(f"full-pipeline: {data['clips']} clips ({len(data['rendered'])} shards rendered), "
           f"{trained['model_uri']} (step {trained['step']}{', cached' if trained['cached'] else ''}), "
           f"champion: version {evaluated.get('champion_version')}")

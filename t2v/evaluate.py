@@ -149,33 +149,43 @@ def check_clips(clips: np.ndarray, n: int, frames: int, size: int) -> np.ndarray
     return clips
 
 
+EVAL_PHASES = ("generate", "render real clips", "pixel judge", "featnet", "diversity")  # what `on_phase` reports
+
+
 def evaluate(generate: GenerateFn, prompts: PromptSet, clf: featnet.Classifier, bank: diversity.Bank | None = None,
-             cfg: EvalConfig = EvalConfig()) -> Evaluation:
+             cfg: EvalConfig = EvalConfig(), on_phase: Callable[[str], None] | None = None) -> Evaluation:
     """Generate every prompt's samples with cfg.seed and compute all metrics, seen vs held-out.
 
     Metric keys: judge_{seen,heldout,all}_{color,shape,motion,all3}; featnet_{seen,heldout}_{color,shape,
     motion,all3}; fd_{g}, fd_floor_{g} (real vs real) and fd_n_{g} (the sample count both are taken at);
     spread_{g} and spread_real_{g} (mean per-prompt start spread, fraction of the side); nn_generated,
     nn_real, nn_ratio, copy_rate (memorisation, when a bank is given); n_prompts_{g}, samples.
+    `on_phase(name)` is called as each of EVAL_PHASES starts (a progress bar's hook).
     """
     from t2v import diversity, featnet
 
+    phase = on_phase or (lambda name: None)
     cfg.validate()
     texts, held = prompts.expanded(cfg.samples)
+    phase("generate")
     clips = check_clips(generate(list(texts), cfg.seed), len(texts), prompts.frames, prompts.size)
+    phase("render real clips")
     real, _ = render_reference(texts, prompts.frames, prompts.size, cfg.reference_seed)
     real2, _ = render_reference(texts, prompts.frames, prompts.size, cfg.reference_seed + 1)
     held_arr = np.asarray(held, bool)
     m: dict[str, float] = {"samples": float(cfg.samples)}
 
+    phase("pixel judge")
     scored = judge.score(clips, texts, held_out=held)
     for g in (*GROUPS, "all"):
         for k in ("color", "shape", "motion", "all3"):
             m[f"judge_{g}_{k}"] = scored[f"{g}_{k}"]
 
+    phase("featnet")
     feats, preds = clf.features_and_predictions(clips)
     f_real, f_real2 = clf.features(real), clf.features(real2)
     parsed = [vocab.parse_prompt(t) for t in texts]
+    phase("diversity")
     spreads = diversity.spread_by_prompt(clips, texts)
     spreads_real = diversity.spread_by_prompt(real, texts)
     for g, sel in (("seen", ~held_arr), ("heldout", held_arr)):

@@ -13,6 +13,7 @@ call in `registry.versions`; these wrappers add caching, retries and Prefect art
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -25,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
+from tqdm import tqdm
 
 from registry import versions
 from registry.evaluation import EVAL_DIR, EvalRequest
@@ -72,12 +74,13 @@ def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
 
 
 @task(name="evaluate-model", task_run_name="evaluate {model[name]} v{model[version]}",
-      cache_policy=(INPUTS - "data_dir") + TASK_SOURCE, persist_result=True, retries=1, retry_delay_seconds=2,
+      cache_policy=(INPUTS - "data_dir" - "progress") + TASK_SOURCE, persist_result=True, retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retryable)
 def evaluate_model(model: dict[str, str], data_dir: str, manifest_checksum: str, config: dict[str, Any],
                    prompts: dict[str, Any], featnet_dir: str, featnet_key: str, code_version: str,
-                   tracking_uri: str) -> dict[str, Any]:
+                   tracking_uri: str, progress: bool = False) -> dict[str, Any]:
     """Generate, score and publish one model version; returns its metrics, media paths and run link.
+    `progress` draws a terminal bar of its phases and is not part of the cache key.
 
     Cached on the version (and its run), the manifest checksum, the evaluation config and prompts, the
     featnet key and the metric code: champion and challenger are evaluated once per setting, and a
@@ -92,10 +95,19 @@ def evaluate_model(model: dict[str, str], data_dir: str, manifest_checksum: str,
     clf = featnet.load(featnet_dir)
     bank = diversity.train_bank(data_dir)
     start = time.perf_counter()
-    evaluation = ev.evaluate(generate, pset, clf, bank, cfg)
-    metrics = {**evaluation.metrics, "seconds": time.perf_counter() - start}
-    out_dir = Path(data_dir) / EVAL_DIR / f"{safe_name(ref.name)}-v{ref.version}"
-    files = ev.write_media(out_dir, ev.Evaluation(metrics, evaluation.prompts, evaluation.held_out, evaluation.clips))
+    with tqdm(total=len(ev.EVAL_PHASES) + 1, desc=f"evaluate v{ref.version}", unit="phase", file=sys.stderr,
+              disable=not progress) as bar:
+        def on_phase(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(0 if bar.n == 0 and name == ev.EVAL_PHASES[0] else 1)
+
+        evaluation = ev.evaluate(generate, pset, clf, bank, cfg, on_phase)
+        metrics = {**evaluation.metrics, "seconds": time.perf_counter() - start}
+        out_dir = Path(data_dir) / EVAL_DIR / f"{safe_name(ref.name)}-v{ref.version}"
+        on_phase("media")
+        files = ev.write_media(out_dir, ev.Evaluation(metrics, evaluation.prompts, evaluation.held_out,
+                                                      evaluation.clips))
+        bar.update(1)
     versions.log_evaluation(client, ref, metrics, out_dir, {
         "key": f"{manifest_checksum[:12]}-{featnet_key}-{code_version}", "samples": str(cfg.samples),
         "seed": str(cfg.seed), ev.PRIMARY: f"{metrics[ev.PRIMARY]:.6g}", ev.TIEBREAK: f"{metrics[ev.TIEBREAK]:.6g}"})
@@ -113,14 +125,15 @@ def evaluate_model(model: dict[str, str], data_dir: str, manifest_checksum: str,
             "tracking_uri": tracking_uri}
 
 
-def evaluate_inputs(req: EvalRequest, ref: versions.ModelRef, net: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate_inputs(req: EvalRequest, ref: versions.ModelRef, net: Mapping[str, Any],
+                    progress: bool = False) -> dict[str, Any]:
     """Parameters of `evaluate_model`: the same prompts, config and featnet for every model compared."""
     return {"model": asdict(ref), "data_dir": str(req.data_dir), "manifest_checksum": req.manifest_checksum,
             "config": asdict(req.config),
             "prompts": {"heldout": list(req.prompts.heldout), "seen": list(req.prompts.seen),
                         "frames": req.prompts.frames, "size": req.prompts.size},
             "featnet_dir": net["dir"], "featnet_key": net["key"], "code_version": ev.code_version(),
-            "tracking_uri": req.tracking_uri}
+            "tracking_uri": req.tracking_uri, "progress": progress}
 
 
 def evaluate_task(data_dir: str | Path, refresh: bool = False) -> Task:

@@ -144,3 +144,10 @@ def test_generate_rejects_bad_prompts_before_loading_a_model(
     assert not out.exists()
     assert not (tmp_path / "never").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluation_reports_each_phase_in_order(setup: dict) -> None:
+    phases: list[str] = []
+    real = ev.reference_generator(PARAMS.frames, PARAMS.size)
+    ev.evaluate(real, setup["prompts"], setup["clf"], setup["bank"], CFG, on_phase=phases.append)
+    assert phases == list(ev.EVAL_PHASES)
