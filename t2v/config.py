@@ -86,7 +86,7 @@ RUN_ONLY_FIELDS = frozenset({
 })
 
 PROFILES: dict[str, TrainConfig] = {
-    # the `make demo` default: a fixed step budget (about 5 minutes at 6 steps/s on 2 CPU cores)
+    # the `make demo` default: a fixed step budget (about 6 minutes on 2 CPU cores)
     "cpu-demo": TrainConfig(profile="cpu-demo", max_steps=1800),
     # one GPU: bigger batches, longer, bf16; still minutes, not hours.
     "gpu": TrainConfig(profile="gpu", max_steps=6000, batch_size=128, num_workers=6, shuffle_buffer=2000,
