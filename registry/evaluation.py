@@ -40,10 +40,7 @@ def dataset_vocabulary(data_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]
     if missing:
         raise ValueError(f"the dataset at {str(data_dir)!r} has motions this process does not know: {missing}; "
                          f"set {vocab.PLUGIN_ENV} to the module(s) that register them")
-    geometry = set(zip(manifest["frames"], manifest["height"]))
-    if len(geometry) != 1:
-        raise ValueError(f"the dataset at {str(data_dir)!r} mixes clip geometries (frames, side): {sorted(geometry)}")
-    frames, size = geometry.pop()
+    frames, size = dataset.geometry(data_dir)
     return (tuple(c for c in vocab.COLORS if c in set(manifest["color"])),
             tuple(s for s in vocab.SHAPES if s in set(manifest["shape"])),
             tuple(m for m in known if m in set(manifest["motion"])), int(frames), int(size))

@@ -301,9 +301,7 @@ def check_train_request(data: str | os.PathLike[str], model: str = "video", prof
         raise FileNotFoundError(f"no dataset at {str(data_dir)!r}: {str(manifest)!r} does not exist; build one "
                                 f"first with `t2v data --out {data} --clips-per-combo N`")
     cfg = check_train_config(model, profile, max_steps, overrides)
-    frames, height, width = dataset.geometry(data_dir)
-    if height != width:
-        raise ValueError(f"clips must be square, got {height}x{width}")
+    frames, size = dataset.geometry(data_dir)
     dataset.shard_urls(data_dir, "train", verify=False)  # no train shards -> FileNotFoundError naming the dir
     checksum = dataset.manifest_checksum(data_dir)
     out_dir = dataset.check_output_dir(out if out is not None else run_dir(data_dir, cfg, checksum))
@@ -313,5 +311,5 @@ def check_train_request(data: str | os.PathLike[str], model: str = "video", prof
         if trained_on and trained_on != checksum:
             raise ValueError(f"{str(out_dir)!r} holds a training on another version of the dataset (manifest "
                              f"{trained_on[:12]}, now {checksum[:12]}); train into a new --out")
-        check_resumable(checkpoint_meta(ckpt), cfg, int(frames), int(height), ckpt)
-    return TrainRequest(data_dir, out_dir, cfg, checksum, int(frames), int(height), experiment)
+        check_resumable(checkpoint_meta(ckpt), cfg, frames, size, ckpt)
+    return TrainRequest(data_dir, out_dir, cfg, checksum, frames, size, experiment)

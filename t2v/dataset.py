@@ -389,8 +389,8 @@ def contract_sample(sample: dict) -> dict:
     return {k: v for k, v in sample.items() if k in SAMPLE_KEYS or k.startswith("__")}
 
 
-def geometry(root: str | os.PathLike[str]) -> tuple[int, int, int]:
-    """(frames, height, width) of the dataset's clips, from its manifest (no shard is opened)."""
+def geometry(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """(frames, side) of the dataset's clips, from its manifest (no shard is opened): one geometry, square."""
     m = pq.read_table(Path(root) / MANIFEST, columns=["frames", "height", "width"]) if (
         Path(root) / MANIFEST).is_file() else None
     if m is None or m.num_rows == 0:
@@ -398,8 +398,11 @@ def geometry(root: str | os.PathLike[str]) -> tuple[int, int, int]:
                                 f"build a dataset first with `t2v data --out {root}`")
     sizes = set(zip(*(m.column(c).to_pylist() for c in ("frames", "height", "width"))))
     if len(sizes) != 1:
-        raise ValueError(f"dataset {str(root)!r} mixes clip geometries {sorted(sizes)}")
-    return sizes.pop()
+        raise ValueError(f"dataset {str(root)!r} mixes clip geometries (frames, height, width): {sorted(sizes)}")
+    frames, height, width = sizes.pop()
+    if height != width:
+        raise ValueError(f"clips must be square, got {height}x{width}")
+    return int(frames), int(height)
 
 
 def write_dataset(root: str | os.PathLike[str], params: DataParams) -> list[ShardInfo]:

@@ -49,10 +49,7 @@ class DatasetInfo:
 
 def dataset_info(data_dir: Path) -> DatasetInfo:
     """Clip geometry, read from the manifest."""
-    frames, height, width = dataset.geometry(data_dir)
-    if height != width:
-        raise ValueError(f"clips must be square, got {height}x{width}")
-    return DatasetInfo(int(frames), int(height))
+    return DatasetInfo(*dataset.geometry(data_dir))
 
 
 def _example(sample: dict[str, Any], color_dropout: float, rng: random.Random) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
     reached: dict[str, int | None] = {"step": None, "checkpoint": None}
     try:
         t = tracking.configure(experiment, tracking_uri)
-        frames, size, _ = dataset.geometry(data_dir)
+        frames, size = dataset.geometry(data_dir)
         key = t2v_config.config_key(cfg)
         has_ckpt = (out / "checkpoints" / t2v_config.CKPT_NAME).is_file()
         for killed in tracking.mark_orphans_killed(t):
