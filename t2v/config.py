@@ -49,6 +49,8 @@ class TrainConfig:
     r1_every: int = 4  # lazy R1: pay the double backward once every N steps (~10% of step time)
     aux_weight: float = 1.0  # AC-GAN classification heads (colour, shape, motion): fast prompt following
     mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
+    pair_weight: float = 0.0  # video: the pair critic (two paths of one motion, PacGAN), off: in the 1,800-step budget it
+    # helped bouncing but cost spinning and barely widened the start spread (README, design note)
     convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
@@ -144,8 +146,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"betas must be in [0, 1), got {cfg.betas!r}")
     if not (0.0 <= cfg.color_dropout <= 1.0):
         raise ValueError(f"color_dropout must be in [0, 1], got {cfg.color_dropout!r}")
-    if cfg.max_seconds < 0 or cfg.r1_weight < 0 or cfg.aux_weight < 0 or cfg.mismatch_weight < 0:
-        raise ValueError("max_seconds, r1_weight, aux_weight and mismatch_weight must be >= 0")
+    if (cfg.max_seconds < 0 or cfg.r1_weight < 0 or cfg.aux_weight < 0 or cfg.mismatch_weight < 0
+            or cfg.pair_weight < 0):
+        raise ValueError("max_seconds, r1_weight, aux_weight, mismatch_weight and pair_weight must be >= 0")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
 

@@ -12,8 +12,9 @@ import torch.nn as nn
 from t2v import text, vocab
 from t2v.models import GeneratorSpec, build_generator, count_parameters
 from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
-from t2v.models.video import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, LayeredGenerator, VideoDiscriminators,
-                              concavity, crop_real, fourier_basis, ink_moments, track_features)
+from t2v.models.video import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, LayeredGenerator, PairDiscriminator,
+                              VideoDiscriminators, concavity, crop_real, fourier_basis, ink_moments,
+                              same_motion_partner, track_features)
 from t2v.sampler import export_generator, load_generator
 
 T, S, B = 8, 32, 3
@@ -161,6 +162,36 @@ def test_video_discriminator_shapes() -> None:
     assert logits["frame_shape"].shape == (B * 2, len(vocab.SHAPES))
     assert logits["video_motion"].shape == logits["track_motion"].shape == (B, n_m)
     assert logits["track_shape"].shape == (B, len(vocab.SHAPES))
+
+
+def test_same_motion_partner_pairs_distinct_clips_of_one_motion() -> None:
+    motion = torch.tensor([0, 1, 0, 2, 1, 0])
+    partner, has = same_motion_partner(motion, torch.Generator().manual_seed(0))
+    assert has.tolist() == [True, True, True, False, True, True]
+    for i in range(len(motion)):
+        if has[i]:
+            assert int(partner[i]) != i
+            assert int(motion[partner[i]]) == int(motion[i])
+
+
+def test_pair_discriminator_tells_identical_samples_from_spread_ones() -> None:
+    """Trained briefly, the pair critic scores two different paths above two identical ones: what the
+    per-clip critics cannot see."""
+    torch.manual_seed(0)
+    d = PairDiscriminator(T, 3, feat=32)
+    opt = torch.optim.Adam(d.parameters(), lr=3e-3)
+    motion = torch.zeros(64, dtype=torch.long)
+    for _ in range(150):
+        a, b = torch.rand(64, T, 2) - 0.5, torch.rand(64, T, 2) - 0.5
+        same = torch.rand(64, T, 2) - 0.5
+        loss = torch.relu(1 - d(a, b, motion)).mean() + torch.relu(1 + d(same, same, motion)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    a, b = torch.rand(64, T, 2) - 0.5, torch.rand(64, T, 2) - 0.5
+    with torch.no_grad():
+        assert d(a, b, motion).shape == (64,)
+        assert float(d(a, b, motion).mean()) > float(d(a, a, motion).mean()) + 0.5
 
 
 def test_ink_moments_read_position_size_and_symmetry() -> None:

@@ -115,6 +115,26 @@ def test_few_steps_write_checkpoint_export_and_logs(data: Path, tmp_path: Path, 
         assert {"generator_ema", "text_encoder_ema"} <= set(ckpt["models"])
 
 
+def test_pair_critic_trains_and_moves_only_when_switched_on(data: Path, tmp_path: Path) -> None:
+    """pair_weight > 0: the pair critic is built, in the D loss (a step moves its weights) and logged;
+    off (the default): not even built, so the default recipe is the one measured without it."""
+    from t2v.models import video
+
+    cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, pair_weight=1.0, **TINY)
+    m = video.build(cfg, GeneratorSpec("video", 8, 32, cfg.z_dim, cfg.text_dim), torch.device("cpu"))
+    before = {k: v.clone() for k, v in m.discriminator.pair.state_dict().items()}
+    batch = next(iter(make_loader(data, cfg.batch_size, num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=0)))
+    losses = video.step(cfg, m, torch.device("cpu"))(batch)
+    assert float(losses["pair_d"]) > 0
+    assert np.isfinite(float(losses["pair_g"]))
+    after = m.discriminator.pair.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.endswith("original"))
+    off = train(config_for("cpu-demo", model="video", max_steps=1, select_every=0, **TINY), data, tmp_path / "off")
+    assert not any(k.startswith("pair.") for k in torch.load(off.checkpoint, weights_only=True)["models"]["discriminator"])
+    with pytest.raises(ValueError, match="pair_weight"):
+        config_for("cpu-demo", pair_weight=-1)
+
+
 class Stop(Exception):
     pass
 

@@ -23,6 +23,9 @@ video discriminators -- all three see the prompt (projection on a bag of words) 
 During training the generator renders only what the critics see (the half-resolution clip and
 K windows), never the full-resolution clip: ~3x fewer pixels.
 Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are extra negatives.
+  PairD (optional, pair_weight > 0): two centre tracks of one motion side by side (PacGAN packing)
+         -> real/fake (projection on the motion): the only critic that sees two samples of a prompt
+         at once, so the only one that can tell that they all start in the same place.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
+from torch.profiler import record_function
 
 from t2v import text, vocab
 from t2v.config import TrainConfig
@@ -208,6 +212,11 @@ class LayeredGenerator(nn.Module):
         # (B, 3, K, c, c), (B, 3, T, res, res), ()"""
         layers = self.layers(z, codes)
         return self.crops(layers, frames, crop)[0], self.render(layers, res), concavity(layers.outline)
+
+    def track(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The sprite's centre in every frame, without rendering (what the pair critic sees). # (B, T, 2)"""
+        layers = self.layers(z, codes)
+        return torch.stack([layers.cx, layers.cy], -1)
 
     def forward(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return self.render(self.layers(z, codes))
@@ -387,6 +396,37 @@ class TrackDiscriminator(nn.Module):
         return self.score(h).squeeze(1) + (h * tvec).sum(1)  # (B,)
 
 
+class PairDiscriminator(nn.Module):
+    """Two paths of one motion side by side (PacGAN's packing, on the sprite's centre track): real
+    pairs are two training clips of the same motion, fake pairs two noises of one prompt. Only a
+    critic that sees two samples at once can tell that a generator starts every sample of a prompt
+    in the same place. Projection score on the motion.
+
+    (B, T, 2) x 2 centre tracks in canvas units, motion ids (B,) -> score (B,)"""
+
+    def __init__(self, frames: int, n_motions: int, feat: int = 256) -> None:
+        super().__init__()
+        n = 3 * 2 * frames  # both tracks and their difference
+        self.fc = nn.Sequential(_sn(nn.Linear(n, feat)), nn.LeakyReLU(0.2), _sn(nn.Linear(feat, feat)), nn.LeakyReLU(0.2))
+        self.score = _sn(nn.Linear(feat, 1))
+        self.embed = nn.Embedding(n_motions, feat)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([a, b, a - b], -1).flatten(1).float() * MOMENT_GAIN)  # (B, feat)
+        return self.score(h).squeeze(1) + (h * self.embed(motion)).sum(1)
+
+
+def same_motion_partner(motion: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each clip of a batch another clip of the same motion, drawn at random, and whether it has one.
+
+    motion (B,) -> partner index (B,), has-partner mask (B,) bool"""
+    same = motion.unsqueeze(0) == motion.unsqueeze(1)
+    same.fill_diagonal_(False)
+    has = same.any(1)
+    weights = same.float() + (~has).float().unsqueeze(1) * torch.eye(len(motion), device=motion.device)
+    return torch.multinomial(weights, 1, generator=gen).squeeze(1), has
+
+
 class VideoDiscriminators(nn.Module):
     """The three critics plus their own prompt embeddings (bag of words, one per critic).
 
@@ -394,7 +434,7 @@ class VideoDiscriminators(nn.Module):
     in K frames, and the whole clip at half resolution (B, 3, T, H/2, W/2)."""
 
     def __init__(self, frames: int, size: int, n_vocab: int, n_motions: int, width: int = 32,
-                 frame_samples: int = 2, feat: int = 256) -> None:
+                 frame_samples: int = 2, feat: int = 256, pair: bool = False) -> None:
         super().__init__()
         if size % 16:
             raise ValueError(f"frame size must be a multiple of 16 for the discriminators, got {size}")
@@ -402,6 +442,7 @@ class VideoDiscriminators(nn.Module):
         self.frame = FrameDiscriminator(self.crop, width, feat)
         self.video = VideoDiscriminator(frames, self.res, n_motions, width, feat)
         self.track = TrackDiscriminator(frames, n_motions, feat)
+        self.pair = PairDiscriminator(frames, n_motions, feat) if pair else None
         self.frame_text = text.BagOfWords(n_vocab, feat)
         self.video_text = text.BagOfWords(n_vocab, feat)
         self.track_text = text.BagOfWords(n_vocab, feat)
@@ -443,7 +484,7 @@ def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models
     """Fresh generator, text encoder, the three critics, Adam for each side, and EMA copies of G."""
     g, te = build_generator(spec)
     d = VideoDiscriminators(spec.frames, spec.size, spec.n_vocab, len(vocab.motion_names()), cfg.width,
-                            cfg.frame_samples)
+                            cfg.frame_samples, pair=cfg.pair_weight > 0)
     g, te, d = g.to(device), te.to(device), d.to(device)
     opt_g = torch.optim.Adam([*g.parameters(), *te.parameters()], lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
@@ -482,6 +523,7 @@ class VideoStep:
         B, T, K = x.shape[0], x.shape[2], cfg.frame_samples
         D: VideoDiscriminators = m.discriminator
         z = torch.randn(B, cfg.z_dim, device=dev)
+        z2 = torch.randn(B, cfg.z_dim, device=dev) if cfg.pair_weight > 0 else None  # a second sample per prompt (pair critic)
         fidx = torch.randint(0, T, (B, K), device=dev)
         real_crops = crop_real(x, fidx, centre[..., 0], centre[..., 1], D.crop)[0]  # (B, 3, K, c, c)
         real_clip = F.avg_pool3d(x, (1, x.shape[-1] // D.res, x.shape[-1] // D.res))  # (B, 3, T, r, r)
@@ -500,40 +542,62 @@ class VideoStep:
         self.D.requires_grad_(True)
         m.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            fake_crops, fake_clip, concave = self.views(z, self.TE(ids), fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
-            h_r = self.D(real_crops, real_clip)
-            h_f = self.D(fake_crops.detach(), fake_clip.detach())
-            s_r, s_f, s_w = D.scores(h_r, ids), D.scores(h_f, ids), D.scores(h_r, ids_w)
-            adv_d = sum(hinge_real(s_r[k]) + hinge_fake(s_f[k]) + cfg.mismatch_weight * hinge_fake(s_w[k], wrong[k])
-                        for k in s_r)
-            logits_r = D.logits(h_r)
-            targets = self.aux_targets(lab, K, true_color=True)
-            aux_d = sum(ce(logits_r[k], targets[k]) for k in logits_r)
-            loss_d = adv_d + cfg.aux_weight * aux_d
-        r1 = torch.zeros((), device=dev)
-        if cfg.r1_weight > 0 and self.calls % cfg.r1_every == 0:
-            rc, rv = real_crops.detach().requires_grad_(True), real_clip.detach().requires_grad_(True)
-            s = D.scores(self.D(rc, rv), ids)  # on the pixel critics: the track critic reads pixels through
-            # moment ratios whose input gradients are huge near empty pixels, and is bounded by spectral norm
-            gc, gv = torch.autograd.grad(s["frame"].float().sum() + s["video"].float().sum(), [rc, rv], create_graph=True)
-            r1 = gc.pow(2).flatten(1).sum(1).mean() + gv.pow(2).flatten(1).sum(1).mean()
-            loss_d = loss_d + cfg.r1_weight * 0.5 * cfg.r1_every * r1
-        loss_d.backward()
-        m.opt_d.step()
+            with record_function("D: render fakes"):
+                codes = self.TE(ids)  # (B, 3, D)
+                fake_crops, fake_clip, concave = self.views(z, codes, fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
+            with record_function("D: critics and losses"):
+                h_r = self.D(real_crops, real_clip)
+                h_f = self.D(fake_crops.detach(), fake_clip.detach())
+                s_r, s_f, s_w = D.scores(h_r, ids), D.scores(h_f, ids), D.scores(h_r, ids_w)
+                adv_d = sum(hinge_real(s_r[k]) + hinge_fake(s_f[k]) + cfg.mismatch_weight * hinge_fake(s_w[k], wrong[k])
+                            for k in s_r)
+                logits_r = D.logits(h_r)
+                targets = self.aux_targets(lab, K, true_color=True)
+                aux_d = sum(ce(logits_r[k], targets[k]) for k in logits_r)
+                loss_d = adv_d + cfg.aux_weight * aux_d
+            pair_d = torch.zeros((), device=dev)
+            if cfg.pair_weight > 0:
+                with record_function("D: pair critic"):
+                    partner, has = same_motion_partner(lab["motion"])
+                    with torch.no_grad():
+                        fake_a, fake_b = m.generator.track(z, codes), m.generator.track(z2, codes)  # (B, T, 2) each
+                    s_pr = D.pair(centre, centre[partner], lab["motion"])
+                    s_pf = D.pair(fake_a, fake_b, lab["motion"])
+                    hit = has.float()  # a clip alone with its motion in the batch has no real partner
+                    pair_d = (F.relu(1.0 - s_pr.float()) * hit).sum() / hit.sum().clamp(min=1.0) + hinge_fake(s_pf)
+                    loss_d = loss_d + cfg.pair_weight * pair_d
+        with record_function("D: R1 penalty"):
+            r1 = torch.zeros((), device=dev)
+            if cfg.r1_weight > 0 and self.calls % cfg.r1_every == 0:
+                rc, rv = real_crops.detach().requires_grad_(True), real_clip.detach().requires_grad_(True)
+                s = D.scores(self.D(rc, rv), ids)  # on the pixel critics: the track critic reads pixels through
+                # moment ratios whose input gradients are huge near empty pixels, and is bounded by spectral norm
+                gc, gv = torch.autograd.grad(s["frame"].float().sum() + s["video"].float().sum(), [rc, rv], create_graph=True)
+                r1 = gc.pow(2).flatten(1).sum(1).mean() + gv.pow(2).flatten(1).sum(1).mean()
+                loss_d = loss_d + cfg.r1_weight * 0.5 * cfg.r1_every * r1
+        with record_function("D: backward and Adam"):
+            loss_d.backward()
+            m.opt_d.step()
 
         # (2) update G (through the just-updated D, whose weights stay fixed here)
         self.D.requires_grad_(False)
         m.opt_g.zero_grad(set_to_none=True)
         with self.autocast():
-            h = self.D(fake_crops, fake_clip)
-            s_g = D.scores(h, ids)
-            adv_g = -sum(v.float().mean() for v in s_g.values())
-            logits = D.logits(h)
-            targets = self.aux_targets(lab, K, true_color=False)
-            aux_g = sum(ce(logits[k], targets[k]) for k in logits)
-            loss_g = adv_g + cfg.aux_weight * aux_g + cfg.convex_weight * concave
-        loss_g.backward()
-        m.opt_g.step()
+            with record_function("G: critics and losses"):
+                h = self.D(fake_crops, fake_clip)
+                s_g = D.scores(h, ids)
+                adv_g = -sum(v.float().mean() for v in s_g.values())
+                logits = D.logits(h)
+                targets = self.aux_targets(lab, K, true_color=False)
+                aux_g = sum(ce(logits[k], targets[k]) for k in logits)
+                loss_g = adv_g + cfg.aux_weight * aux_g + cfg.convex_weight * concave
+                pair_g = torch.zeros((), device=dev)
+                if cfg.pair_weight > 0:  # two noises, one prompt: the pair critic judges them side by side
+                    pair_g = -D.pair(m.generator.track(z, codes), m.generator.track(z2, codes), lab["motion"]).float().mean()
+                    loss_g = loss_g + cfg.pair_weight * pair_g
+        with record_function("G: backward and Adam"):
+            loss_g.backward()
+            m.opt_g.step()
 
         decay = cfg.ema_decay if self.calls + self.start_step > cfg.ema_start else 0.0
         ema_update(m.generator_ema, m.generator, decay)
@@ -545,7 +609,7 @@ class VideoStep:
             acc.update({f"acc_real_{k}": (logits_r[k].argmax(1) == real_t[k]).float().mean()
                         for k in ("video_motion", "track_motion", "frame_shape")})
         out = {"loss_d": loss_d, "loss_g": loss_g, "adv_d": adv_d, "adv_g": adv_g, "aux_d": aux_d, "aux_g": aux_g,
-               "r1": r1, "concavity": concave, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
+               "r1": r1, "concavity": concave, "pair_d": pair_d, "pair_g": pair_g, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
                **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}, **acc}
         return {k: v.detach().float() for k, v in out.items()}  # tensors: no device sync until they are logged
 
