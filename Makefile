@@ -13,7 +13,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check --progress-bar off -c constraints.txt -e '.[dev]'
+	@# -qq: errors only (a missing package or a conflict still stops here); pip's warnings were about the machine's
+	@# own index configuration (one per package), nothing this project's user can act on
+	$(BIN)/pip install -qq --disable-pip-version-check --progress-bar off -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 test: install
