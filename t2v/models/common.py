@@ -53,8 +53,11 @@ def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[keep].float(), target[keep])
 
 
-def hinge_real(s: torch.Tensor) -> torch.Tensor:
-    return F.relu(1.0 - s.float()).mean()
+def hinge_real(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    loss = F.relu(1.0 - s.float())
+    if mask is None:
+        return loss.mean()
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def hinge_fake(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -563,8 +563,8 @@ class VideoStep:
                         fake_a, fake_b = m.generator.track(z, codes), m.generator.track(z2, codes)  # (B, T, 2) each
                     s_pr = D.pair(centre, centre[partner], lab["motion"])
                     s_pf = D.pair(fake_a, fake_b, lab["motion"])
-                    hit = has.float()  # a clip alone with its motion in the batch has no real partner
-                    pair_d = (F.relu(1.0 - s_pr.float()) * hit).sum() / hit.sum().clamp(min=1.0) + hinge_fake(s_pf)
+                    # a clip alone with its motion in the batch has no real partner
+                    pair_d = hinge_real(s_pr, has.float()) + hinge_fake(s_pf)
                     loss_d = loss_d + cfg.pair_weight * pair_d
         with record_function("D: R1 penalty"):
             r1 = torch.zeros((), device=dev)
