@@ -1,9 +1,10 @@
-"""Training throughput: clips/s of the `baseline` and `video` models through the real training loop.
+"""Training throughput: clips/s of every model family through the real training loop.
 
-Both models are measured in one run on the same dataset and machine, after a warm-up, from the
-loop's own `clips_per_s` metric (data loading included). On a CUDA machine pass `--device cuda`.
+All families are measured in one run on the same dataset and machine, after a warm-up, from the
+loop's own `clips_per_s` metric (data loading included), with ratios against the baseline. On a
+CUDA machine pass `--device cuda`.
 
-Usage: python bench/bench_train.py [--steps 120] [--device cpu] [--json out.json]
+Usage: python bench/bench_train.py [--steps 120] [--models baseline video ...] [--device cpu] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from t2v import dataset  # noqa: E402
+from t2v import dataset, models  # noqa: E402
 from t2v import train as t2v_train  # noqa: E402
 from t2v.config import config_for  # noqa: E402
 from t2v.shards import DataParams  # noqa: E402
@@ -45,15 +46,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120, help="training steps per model")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--profile", default=None, help="config profile (default: cpu-demo on cpu, gpu on cuda)")
+    ap.add_argument("--models", nargs="+", default=["baseline", *[m for m in models.names() if m != "baseline"]],
+                    help="families to measure, the first is the ratios' reference (default: baseline, then every other)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    for m in args.models:
+        models.family(m)  # unknown family: the error lists the registered ones, before any work
     profile = args.profile or ("gpu" if args.device.startswith("cuda") else "cpu-demo")
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "data"
         dataset.write_dataset(data, DataParams(clips_per_combo=8, val_per_combo=1))
-        rows = [measure(m, data, Path(d) / m, args.steps, args.device, profile) for m in ("baseline", "video")]
+        rows = [measure(m, data, Path(d) / m, args.steps, args.device, profile) for m in args.models]
+    ref = rows[0]
     report = {"machine": {"cpus": os.cpu_count(), "device": args.device}, "profile": profile, "rows": rows,
-              "ratio_video_vs_baseline_clips_per_s": rows[1]["clips_per_s"] / rows[0]["clips_per_s"]}
+              **{f"ratio_{r['model']}_vs_{ref['model']}_clips_per_s": r["clips_per_s"] / ref["clips_per_s"]
+                 for r in rows[1:]}}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -35,9 +35,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from t2v import dataset, models
+    from t2v import config
     from t2v.config import config_for
     from t2v.loader import make_loader
-    from t2v.models import GeneratorSpec
     from t2v.shards import DataParams
 
     cfg = config_for(a.profile, model=a.model, device="cpu")
@@ -49,7 +49,7 @@ def main() -> None:
         frames, size = dataset.geometry(data)
         family = models.implementation(cfg.model)
         device = torch.device("cpu")
-        m = family.build(cfg, GeneratorSpec(cfg.model, frames, size, cfg.z_dim, cfg.text_dim), device)
+        m = family.build(cfg, config.generator_spec(cfg, frames, size), device)
         step_fn = family.step(cfg, m, device, 0)
         loader = make_loader(data, cfg.batch_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
                              seed=cfg.seed, color_dropout=cfg.color_dropout)

@@ -34,7 +34,7 @@ SET_BY_PARAMETER = ("model", "profile")  # TrainConfig fields that have their ow
 class TrainConfig:
     """Everything that decides a training run. Frames and frame size come from the dataset."""
 
-    model: str = "video"  # the clip-level GAN; "baseline" is the tutorial's per-frame GAN for the comparison row
+    model: str = "video"  # the clip-level GAN; "baseline" (the tutorial), "conv3d", "rnn", "transformer": README, "Model families"
     profile: str = "cpu-demo"  # which preset these values came from (logged, not used by the loop)
     max_steps: int = 1800  # training steps: the budget of a run, the same on every machine
     max_seconds: float = 0.0  # wall-clock cap on the loop, off (0) in every profile: a cap makes the step count, and
@@ -45,7 +45,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.99)  # low beta1, the usual GAN choice; beta2 0.99 reacts faster than 0.999
     ema_decay: float = 0.99  # short horizon: a 1.5k-step run must still let the EMA move
     ema_start: int = 100  # steps before the EMA starts averaging (it copies G until then)
-    r1_weight: float = 1.0  # R1 penalty on the pixel critics' real inputs: without it some seeds collapse into pale spiky shapes
+    r1_weight: float = 1.0  # R1 penalty on the pixel critics' real inputs: without it some seeds collapse into pale spiky
+    # shapes (conv3d/rnn: only with stabilize)
     r1_every: int = 4  # lazy R1: pay the double backward once every N steps (~10% of step time)
     aux_weight: float = 1.0  # AC-GAN classification heads (colour, shape, motion): fast prompt following
     mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
@@ -53,6 +54,10 @@ class TrainConfig:
     # helped bouncing but cost spinning and barely widened the start spread (README, design note)
     convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
+    text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"
+    # where the family supports it (separates the text encoder's effect from the generator's in the comparison)
+    stabilize: bool = False  # conv3d/rnn: hinge loss, spectral norm and R1 (r1_weight) instead of the published BCE
+    # recipe (off, so their rows measure what was published); the transformer family trains with them on
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
@@ -129,7 +134,7 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
 
 def validate(cfg: TrainConfig) -> None:
     """Reject bad values before any work, naming the field and what is valid."""
-    models.family(cfg.model)  # unknown model -> ValueError naming the valid ones
+    models.text_encoder(cfg.model, cfg.text_encoder)  # unknown model or encoder -> ValueError naming the valid ones
     for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
                  "width", "frame_samples", "r1_every"):
         if getattr(cfg, name) <= 0:
@@ -194,15 +199,23 @@ def check_device(name: str) -> None:
             raise ValueError(f"device {name!r} asked for but CUDA is not available; use device=auto or cpu")
 
 
+def generator_spec(cfg: TrainConfig, frames: int, size: int) -> models.GeneratorSpec:
+    """The spec a training of `cfg` on clips of (frames, size) builds and exports its generator from."""
+    return models.GeneratorSpec(cfg.model, frames, size, cfg.z_dim, cfg.text_dim,
+                                text_encoder=models.text_encoder(cfg.model, cfg.text_encoder))
+
+
 def config_key(cfg: TrainConfig) -> str:
     """Hash of what a checkpoint must agree on to be resumed (run length, logging and hardware aside)."""
     return hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_code_version(model: str) -> str:
-    """Hash of the family's module and the shared model, loop, checkpoint, text, sampler and loader
-    sources: part of the training cache key (editing one family retrains only that family)."""
-    return source_hash(*MODEL_CODE, models.family(model).module)
+    """Hash of the family's module (and the modules it names as its code) and the shared model, loop,
+    checkpoint, text, sampler and loader sources: part of the training cache key (editing one family
+    retrains only that family)."""
+    fam = models.family(model)
+    return source_hash(*MODEL_CODE, fam.module, *fam.code)
 
 
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:

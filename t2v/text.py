@@ -139,3 +139,50 @@ class BagOfWords(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(ids).sum(1)
+
+
+class TransformerTextEncoder(nn.Module):
+    """Token ids -> `slots` codes: a transformer encoder over the prompt (learned positions, self-attention,
+    padding masked), then learned queries that attend over its outputs (one per slot).
+
+    (B, L) int64 -> (B, S, D). `slots=3` stands in for `TextEncoder`'s colour/shape/motion slots (no role
+    restriction: the critics' heads teach each slot its part); `slots=1` is one sentence code."""
+
+    def __init__(self, n_vocab: int, dim: int = 64, slots: int = 1, layers: int = 2, heads: int = 4,
+                 max_len: int = 16) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(n_vocab, dim, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.query = nn.Parameter(torch.randn(slots, dim) * dim**-0.5)
+        self.pool = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.out = nn.LayerNorm(dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        B, L = ids.shape
+        pad = ids == 0  # (B, L)
+        pad = pad & ~pad.all(1, keepdim=True)  # an all-padding row would attend to nothing: let it read padding
+        h = self.encoder(self.tok(ids) + self.pos[:L], src_key_padding_mask=pad)  # (B, L, D)
+        q = self.query.unsqueeze(0).expand(B, -1, -1)  # (B, S, D)
+        codes, _ = self.pool(q, h, h, key_padding_mask=pad, need_weights=False)  # (B, S, D)
+        return self.out(codes)
+
+
+TEXT_ENCODERS = ("slots", "bag", "transformer")  # what `TrainConfig.text_encoder` may name
+
+
+def build_encoder(kind: str, words: tuple[str, ...], dim: int, slots: int = 1) -> nn.Module:
+    """A generator-side text encoder by name, for a model trained with token vocabulary `words`: `slots`
+    (role slots, 3 codes), `bag` (mean of word embeddings, 1 code) or `transformer` (`slots` codes).
+    Every one returns (B, S, D)."""
+    n_vocab = len(words) + 1
+    if kind == "slots":
+        roles = [0] + [1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3 for w in words]
+        return TextEncoder(n_vocab, roles, dim)
+    if kind == "bag":
+        return nn.Sequential(MeanEmbedding(n_vocab, dim), nn.Unflatten(1, (1, dim)))
+    if kind == "transformer":
+        return TransformerTextEncoder(n_vocab, dim, slots)
+    raise ValueError(f"unknown text_encoder {kind!r}; valid: {', '.join(TEXT_ENCODERS)}")

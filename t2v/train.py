@@ -1,7 +1,7 @@
 """Training: the GAN loop, from fresh or resumed models to the exported EMA generator.
 
 `train(cfg, data_dir, out_dir)` streams `data_dir/shards/train/*.tar.gz`, trains `cfg.model`
-("video" or "baseline"), writes `out_dir/checkpoints/last.pt` every `ckpt_every` steps (atomically)
+(any registered family), writes `out_dir/checkpoints/last.pt` every `ckpt_every` steps (atomically)
 and `out_dir/export/` (the sampler's files) at the end, and returns a `TrainResult`. A run whose
 `out_dir` already holds a checkpoint of the same config resumes from it; a different config there
 is an error (pick a new `out_dir`). Logging is the caller's: pass `TrainHooks`. The config and its
@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from t2v import dataset, judge, models, text
 from t2v.checkpoint import load_checkpoint, restore, save_checkpoint
-from t2v.config import CKPT_NAME, TrainConfig, check_device, check_export, check_resumable
+from t2v.config import CKPT_NAME, TrainConfig, check_device, check_export, check_resumable, generator_spec
 from t2v.loader import DatasetInfo, dataset_info, make_loader
 from t2v.models import GeneratorSpec
 from t2v.models.common import Models
@@ -183,7 +183,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
     random.seed(cfg.seed)
 
     family = models.implementation(cfg.model)
-    m = family.build(cfg, GeneratorSpec(cfg.model, info.frames, info.size, cfg.z_dim, cfg.text_dim), device)
+    m = family.build(cfg, generator_spec(cfg, info.frames, info.size), device)
     step, resumed_from = 0, None
     best: dict[str, Any] = {}  # {"step", "score", "weights"}: the selected EMA weights so far
     if ckpt is not None:

@@ -9,13 +9,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from t2v import text, vocab
+from t2v import models, text, vocab
 from t2v.models import GeneratorSpec, build_generator, count_parameters
 from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
 from t2v.models.video import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, LayeredGenerator, PairDiscriminator,
                               VideoDiscriminators, concavity, crop_real, fourier_basis, ink_moments,
                               same_motion_partner, track_features)
 from t2v.sampler import export_generator, load_generator
+
+FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer
 
 T, S, B = 8, 32, 3
 PROMPTS = ["red circle moving up", "square spinning clockwise", "purple triangle expanding"]
@@ -216,7 +218,7 @@ def test_ink_moments_read_position_size_and_symmetry() -> None:
     assert m4.argmax() == 1  # triangle: 3-fold, square: 4-fold
 
 
-@pytest.mark.parametrize("model", ["video", "baseline"])
+@pytest.mark.parametrize("model", FAMILIES)
 def test_sampler_round_trip(tmp_path, model: str) -> None:
     spec = GeneratorSpec(model, T, S, z_dim=8, text_dim=16)
     g, te = build_generator(spec)

@@ -18,9 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from t2v import models
 from t2v.models import GeneratorSpec, build_generator
 from t2v.sampler import export_generator, load_generator
 from registry import pyfunc, tracking
+
+FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["red circle moving up", "purple square moving left", "blue triangle spinning clockwise"]
@@ -64,7 +67,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) -> d
     tmp = tmp_path_factory.mktemp("pyfunc")
     t = tracking.configure("pyfunc-test", mlflow_store)
     uris, expected = {}, {}
-    for kind in ("video", "baseline"):
+    for kind in FAMILIES:
         export, expected[kind] = random_export(tmp, kind)
         with mlflow.start_run(experiment_id=t.experiment_id):
             info = pyfunc.log_generator(export, 16, 64)
@@ -88,7 +91,7 @@ def predicted(registered: dict[str, Any]) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-@pytest.mark.parametrize("kind", ["video", "baseline"])
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_predict_returns_contracted_clips(predicted: dict[str, np.ndarray], registered: dict[str, Any],
                                           kind: str) -> None:
     clips = predicted[f"{kind}_list"]
@@ -98,7 +101,7 @@ def test_predict_returns_contracted_clips(predicted: dict[str, np.ndarray], regi
     assert clips.std() > 0
 
 
-@pytest.mark.parametrize("kind", ["video", "baseline"])
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_dataframe_input_and_seeds(predicted: dict[str, np.ndarray], kind: str) -> None:
     clips = predicted[f"{kind}_list"]
     assert np.array_equal(predicted[f"{kind}_frame"], clips)

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from t2v import vocab
+from t2v import models, vocab
 from t2v.models import GeneratorSpec, build_generator
 from t2v.loader import dataset_info, make_loader, train_shards
 from t2v.sampler import load_generator
 from t2v.config import PROFILES, TrainConfig, config_for
 from t2v.train import TrainHooks, train
+
+FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer
 
 MOTIONS = ("moving up", "bouncing vertically", "spinning clockwise")  # two held-out pairs among them
 TINY = dict(batch_size=4, num_workers=0, shuffle_buffer=16, z_dim=8, text_dim=16, width=8, log_every=1,
@@ -73,7 +75,7 @@ def test_profiles_and_overrides() -> None:
         config_for("cpu-demo", batch_size="many")
 
 
-@pytest.mark.parametrize("model", ["video", "baseline"])
+@pytest.mark.parametrize("model", FAMILIES)
 def test_few_steps_write_checkpoint_export_and_logs(data: Path, tmp_path: Path, model: str) -> None:
     seen: dict[str, list] = {"metrics": [], "sample": [], "ckpt": []}
     hooks = TrainHooks(on_metrics=lambda s, m: seen["metrics"].append((s, m)),
@@ -87,7 +89,7 @@ def test_few_steps_write_checkpoint_export_and_logs(data: Path, tmp_path: Path, 
     assert [s for s, _ in seen["ckpt"]] == [2, 3]
     assert [s for s, m in seen["metrics"] if "loss_d" in m] == [1, 2, 3]
     # select_every 250 judges the last step; the baseline ships its last generator, as the tutorial does
-    assert [s for s, m in seen["metrics"] if "select_train_all3" in m] == ([3] if model == "video" else [])
+    assert [s for s, m in seen["metrics"] if "select_train_all3" in m] == ([] if model == "baseline" else [3])
     assert all(np.isfinite(v) for _, m in seen["metrics"] for v in m.values())
     assert res.metrics["clips_per_s"] > 0
     assert "loss_d" in res.metrics

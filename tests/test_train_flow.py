@@ -12,10 +12,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from t2v import dataset
+from t2v import dataset, models
 from t2v.shards import DataParams
 from registry import tracking
 from t2v.config import check_train_request, config_for, model_code_version, run_dir
+
+FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer
 
 # 2 motions x 2 colours x 2 shapes, 8 frames of 32x32: a dataset in about a second.
 TINY_DATA = DataParams(motions=("moving up", "bouncing vertically"), colors=("red", "blue"),
@@ -67,10 +69,10 @@ def checkpoint_step(path: str | Path) -> int:
 @pytest.fixture(scope="module")
 def trained(prefect_api: str, mlflow_store: str, data_dir: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Two steps of each model through the flow, once for the module."""
-    return {model: run_flow(data_dir, model=model, max_steps=2) for model in ("video", "baseline")}
+    return {model: run_flow(data_dir, model=model, max_steps=2) for model in FAMILIES}
 
 
-@pytest.mark.parametrize("model", ["video", "baseline"])
+@pytest.mark.parametrize("model", FAMILIES)
 def test_training_writes_checkpoint_mlflow_run_and_registered_version(
         trained: dict[str, tuple[Any, dict[str, Any]]], data_dir: Path, mlflow_store: str, model: str) -> None:
     state, r = trained[model]
@@ -115,7 +117,7 @@ def test_training_writes_checkpoint_mlflow_run_and_registered_version(
     assert r["model_uri"] in arts["markdown"].data
 
 
-@pytest.mark.parametrize("model", ["video", "baseline"])
+@pytest.mark.parametrize("model", FAMILIES)
 def test_identical_rerun_is_a_cache_hit(trained: dict[str, tuple[Any, dict[str, Any]]], data_dir: Path,
                                         mlflow_store: str, model: str) -> None:
     first = trained[model][1]

@@ -7,12 +7,15 @@ A family module provides, for `t2v.train` and `t2v.sampler` to call with no fami
 - `batches(stream, cfg, frames) -> (batches, clips_per_step)`: what the step eats, from clip batches.
 
 This registry is torch-free (a family's module is imported on first use), so the CLI and
-`t2v.config` can list and check model names without importing torch.
+`t2v.config` can list and check model names without importing torch. A user's own family is a module
+named in `T2V_MODEL_PLUGINS` (comma-separated) that calls `register_family` when imported; the
+README shows one.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any, Mapping
@@ -26,27 +29,64 @@ class Family:
     module: str  # the module implementing it (imported on first use)
     config_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields it sets unless overridden
     prompt_dropout: bool = True  # whether training prompts may lose their colour word (TrainConfig.color_dropout)
+    text_encoders: tuple[str, ...] = ("slots",)  # generator-side text encoders it can be built with; first = its own
+    code: tuple[str, ...] = ()  # other modules whose source decides its weights (part of its training cache key)
 
 
+PLUGIN_ENV = "T2V_MODEL_PLUGINS"
 _FAMILIES: dict[str, Family] = {}
+_plugins_loaded: list[str] = []
 
 
 def register_family(name: str, module: str, config_defaults: Mapping[str, Any] | None = None,
-                    prompt_dropout: bool = True) -> Family:
+                    prompt_dropout: bool = True, text_encoders: tuple[str, ...] = ("slots",),
+                    code: tuple[str, ...] = ()) -> Family:
     """Make `name` selectable everywhere a model is chosen (--model, flows, deployments)."""
-    fam = Family(name, module, MappingProxyType(dict(config_defaults or {})), prompt_dropout)
+    if not name or name != name.strip().lower() or " " in name:
+        raise ValueError(f"model name must be one lower-case word, got {name!r}")
+    if name in _FAMILIES and _FAMILIES[name].module != module:
+        raise ValueError(f"model {name!r} is already registered by {_FAMILIES[name].module}")
+    fam = Family(name, module, MappingProxyType(dict(config_defaults or {})), prompt_dropout, tuple(text_encoders),
+                 tuple(code))
     _FAMILIES[name] = fam
     return fam
 
 
+def _load_plugins() -> None:
+    """Import the modules `T2V_MODEL_PLUGINS` names (once per value of the variable)."""
+    value = os.environ.get(PLUGIN_ENV, "")
+    if value in _plugins_loaded:
+        return
+    for mod in filter(None, (m.strip() for m in value.split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise ValueError(f"{PLUGIN_ENV} names {mod!r}, which cannot be imported: {e}") from e
+    _plugins_loaded.append(value)
+
+
 def names() -> tuple[str, ...]:
+    _load_plugins()
     return tuple(_FAMILIES)
 
 
 def family(name: str) -> Family:
+    _load_plugins()
     if name not in _FAMILIES:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(_FAMILIES)}")
     return _FAMILIES[name]
+
+
+def text_encoder(name: str, requested: str = "default") -> str:
+    """The generator-side text encoder model `name` is built with: its own for "default", else `requested`
+    if the family supports it (ValueError naming the ones it does)."""
+    fam = family(name)
+    if requested in ("default", ""):
+        return fam.text_encoders[0]
+    if requested not in fam.text_encoders:
+        raise ValueError(f"model {name!r} cannot use text_encoder={requested!r}; valid for it: "
+                         f"default ({fam.text_encoders[0]}), {', '.join(fam.text_encoders)}")
+    return requested
 
 
 def implementation(name: str) -> ModuleType:
@@ -64,6 +104,7 @@ class GeneratorSpec:
     z_dim: int = 32
     text_dim: int = 64
     words: tuple[str, ...] = field(default_factory=lambda: tuple(vocab.words()))  # token id i+1 = words[i]
+    text_encoder: str = ""  # generator-side text encoder ("" = the family's own, as exports before the option)
 
     @property
     def n_vocab(self) -> int:
@@ -81,10 +122,6 @@ class GeneratorSpec:
         return cls(**d)
 
 
-def _roles(words: tuple[str, ...]) -> list[int]:
-    return [0] + [1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3 for w in words]
-
-
 def build_generator(spec: GeneratorSpec) -> tuple[Any, Any]:
     """(generator, text encoder) for a spec, freshly initialised, by its family."""
     return implementation(spec.model).build_generator(spec)
@@ -94,9 +131,19 @@ def count_parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-register_family("video", "t2v.models.video")
+register_family("video", "t2v.models.video", text_encoders=("slots", "transformer"))
 # The tutorial's optimiser and batch; it ships its last generator (no selection, which would also spend
 # ~8 s a time judging its noise), and its prompts keep their colour words as the tutorial's do.
 register_family("baseline", "t2v.models.baseline",
                 config_defaults={"batch_size": 16, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "select_every": 0},
-                prompt_dropout=False)
+                prompt_dropout=False, text_encoders=("bag",))
+# The literature's families (README, "Model families"): each trains with its published optimiser.
+_PUBLISHED = {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "mismatch_weight": 0.0, "aux_weight": 0.0,
+              "batch_size": 16}  # (their R1 applies only with stabilize)
+_PIXEL = ("t2v.models.pixel",)  # their shared critics and GAN step
+register_family("conv3d", "t2v.models.conv3d", config_defaults=_PUBLISHED, text_encoders=("bag", "transformer"),
+                code=_PIXEL)
+register_family("rnn", "t2v.models.rnn", config_defaults=_PUBLISHED, text_encoders=("bag", "transformer"), code=_PIXEL)
+register_family("transformer", "t2v.models.transformer", text_encoders=("transformer", "bag"), code=_PIXEL,
+                config_defaults={**_PUBLISHED, "lr_g": 5e-4, "lr_d": 5e-4, "betas": (0.5, 0.99), "stabilize": True,
+                                 "mismatch_weight": 0.5})

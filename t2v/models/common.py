@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from t2v.models import GeneratorSpec
+
+if TYPE_CHECKING:
+    from t2v.config import TrainConfig
 
 
 @dataclass
@@ -35,6 +40,16 @@ class Models:
         if self.generator_ema is not None:
             return self.generator_ema, self.text_encoder_ema
         return self.generator, self.text_encoder
+
+
+def build_models(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device, generator: nn.Module,
+                 text_encoder: nn.Module, critics: nn.Module) -> Models:
+    """Adam on G + its text encoder and on the critics (the config's rates and betas), EMA copies of G."""
+    g, te, d = generator.to(device), text_encoder.to(device), critics.to(device)
+    opt_g = torch.optim.Adam([*g.parameters(), *te.parameters()], lr=cfg.lr_g, betas=cfg.betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    g_ema, te_ema = copy.deepcopy(g).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    return Models(spec, g, te, d, opt_g, opt_d, g_ema, te_ema)
 
 
 @torch.no_grad()  # else every lerp_ chains the EMA weights into the autograd graph, step after step

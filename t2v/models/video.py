@@ -31,7 +31,6 @@ Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are
 from __future__ import annotations
 
 import math
-import copy
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -41,15 +40,11 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.profiler import record_function
 
-from t2v import text, vocab
+from t2v import models, text, vocab
 from t2v.config import TrainConfig
 from t2v.loader import to_model
 from t2v.models import GeneratorSpec
-from t2v.models.common import Models, ce, ema_update, hinge_fake, hinge_real
-
-
-def _roles(words: tuple[str, ...]) -> list[int]:
-    return [0] + [1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3 for w in words]
+from t2v.models.common import Models, build_models, ce, ema_update, hinge_fake, hinge_real
 
 
 # ----------------------------------------------------------------------------- video generator
@@ -477,7 +472,7 @@ class VideoDiscriminators(nn.Module):
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
     return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim),
-            text.TextEncoder(spec.n_vocab, _roles(spec.words), spec.text_dim))
+            text.build_encoder(models.text_encoder(spec.model, spec.text_encoder), spec.words, spec.text_dim, slots=3))
 
 
 def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models:
@@ -485,11 +480,7 @@ def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models
     g, te = build_generator(spec)
     d = VideoDiscriminators(spec.frames, spec.size, spec.n_vocab, len(vocab.motion_names()), cfg.width,
                             cfg.frame_samples, pair=cfg.pair_weight > 0)
-    g, te, d = g.to(device), te.to(device), d.to(device)
-    opt_g = torch.optim.Adam([*g.parameters(), *te.parameters()], lr=cfg.lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-    g_ema, te_ema = copy.deepcopy(g).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
-    return Models(spec, g, te, d, opt_g, opt_d, g_ema, te_ema)
+    return build_models(cfg, spec, device, g, te, d)
 
 
 class VideoStep:
