@@ -25,6 +25,17 @@ class UsageError(ValueError):
     """Bad input found before any work: reported as one line, exit status 2."""
 
 
+
+def _model_help() -> str:
+    """--model's help: the registered families (plugins included), torch-free."""
+    from t2v import models
+
+    try:
+        names = models.names()
+    except ValueError as e:  # a broken T2V_MODEL_PLUGINS: --help still works, training names the error
+        return f"model family (plugins not loaded: {e})"
+    return f"model family: {', '.join(names)} (default video; `{models.PLUGIN_ENV}` adds your own)"
+
 def add_vocab(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vocab", help="print the prompt vocabulary and held-out combinations",
                        description="Print the colours, shapes, motions and held-out prompts the model understands.")
@@ -114,6 +125,9 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help=f"dataset seed (default {d.seed})")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help=f"clips per shard (default {d.shard_size})")
     p.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    p.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                   help="render on the workers of this running Dask cluster instead of local processes (they "
+                        "must see --out at the same path; README, 'The data stage on a Dask cluster')")
     p.add_argument("--force", action="store_true",
                    help="rebuild an existing dataset at --out even if it was made with different parameters")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -135,6 +149,8 @@ def run_data(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {args.workers}")
         dataset.validate_request(params, args.out, force=args.force)
+        if args.dask_address:
+            dataset.check_dask_address(args.dask_address)
     except ValueError as e:
         raise UsageError(str(e)) from e
 
@@ -144,7 +160,7 @@ def run_data(args: argparse.Namespace) -> int:
         out=args.out, motions=args.motions, shapes=args.shapes, colors=args.colors,
         clips_per_combo=args.clips_per_combo, val_per_combo=args.val_per_combo, frames=args.frames,
         size=args.size, seed=args.seed, shard_size=args.shard_size, workers=args.workers, force=args.force,
-        progress=not args.no_progress,
+        progress=not args.no_progress, dask_address=args.dask_address,
     )
     print(f"dataset: {summary['root']}")
     print(f"manifest: {summary['manifest']}  (checksum {summary['checksum'][:16]})")
@@ -169,7 +185,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                                    "rerun with the same dataset, config and code is instant. Uses PREFECT_API_URL "
                                    "when set, otherwise a temporary local Prefect server.")
     p.add_argument("--data", required=True, help="dataset directory holding manifest.parquet (from `t2v data`)")
-    p.add_argument("--model", default="video", help="video (default) or baseline")
+    p.add_argument("--model", default="video", help=_model_help())
     p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default) or gpu")
     p.add_argument("--max-steps", type=int, help="training steps (default: the profile's)")
     p.add_argument("--out", help="run directory (default: DATA/runs/MODEL-PROFILE-MANIFEST-KEY, one per dataset "
@@ -328,12 +344,14 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--clips-per-combo", type=int, default=d.clips_per_combo,
                        help=f"train clips per seen combination (default {d.clips_per_combo})")
         p.add_argument("--motions", nargs="+", metavar="MOTION", help="motion phrases (default: all)")
-        p.add_argument("--model", default="video", help="video (default) or baseline")
+        p.add_argument("--model", default="video", help=_model_help())
         p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default) or gpu")
         p.add_argument("--max-steps", type=int, help="training steps (default: the profile's)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a training config field (repeatable)")
         p.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+        p.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                       help="render on this running Dask cluster's workers instead of local processes")
         p.add_argument("--eval-samples", type=int, default=4, help="clips per evaluated prompt (default 4)")
         p.add_argument("--warm-start", action="store_true", help="initialise from the champion's weights")
         for stage in ("data", "train", "eval"):
@@ -352,6 +370,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
             raise ValueError(f"workers must be a positive integer, got {args.workers}")
         dataset.validate_request(DataParams(motions=tuple(args.motions or ()), clips_per_combo=args.clips_per_combo),
                                  args.out)
+        if args.dask_address:
+            dataset.check_dask_address(args.dask_address)
         from t2v.config import check_train_config
 
         check_train_config(args.model, args.profile, args.max_steps, overrides)  # the dataset does not exist yet
@@ -362,7 +382,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from registry import tracking
 
     r = full_pipeline(out=args.out, motions=args.motions, clips_per_combo=args.clips_per_combo,
-                      workers=args.workers, model=args.model, profile=args.profile, max_steps=args.max_steps,
+                      workers=args.workers, dask_address=args.dask_address, model=args.model, profile=args.profile,
+                      max_steps=args.max_steps,
                       train_overrides=overrides, warm_start=args.warm_start, eval_samples=args.eval_samples,
                       force_data=args.force_data, force_train=args.force_train, force_eval=args.force_eval,
                       progress=not args.no_progress)

@@ -9,8 +9,7 @@ from prefect import flow
 
 from t2v import dataset
 from t2v.shards import DataParams, plan
-from tasks.data import (process_pool, publish_manifest, render_inputs, render_task, verify_shards,
-                        wait_with_progress)
+from tasks.data import publish_manifest, render_inputs, render_task, task_runner, verify_shards, wait_with_progress
 
 _D = DataParams()  # defaults live in one place: DataParams
 
@@ -30,9 +29,12 @@ def data_stage(
     workers: int = 2,
     force: bool = False,
     progress: bool = False,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Build (or grow) the dataset at `out`: one cached render task per (motion, shard) across
-    `workers` processes, verification of every shard (stale cache hits re-rendered), then the manifest.
+    `workers` processes (or the workers of the Dask cluster at `dask_address`, e.g. tcp://HOST:8786,
+    which must see `out` at the same path), verification of every shard (stale cache hits
+    re-rendered), then the manifest.
 
     Returns {root, manifest, counts, checksum, rendered, cached, kept_motions}; `rendered`/`cached`
     list shard paths by what their task runs did.
@@ -49,12 +51,14 @@ def data_stage(
         ),
         out, force=force,
     )
+    if dask_address:
+        dataset.check_dask_address(dask_address)
     specs = plan(req.params)
     root = dataset.claim(req.root)
     if req.kept:
         print(f"keeping motions already in {root}: {', '.join(req.kept)}")
 
-    with process_pool(workers) as runner:
+    with task_runner(workers, dask_address) as runner:
         render = render_task(root)
         futures = {s.path: runner.submit(render, render_inputs(root, s)) for s in specs}
         states = wait_with_progress(futures, f"render {len(specs)} shards", progress)
@@ -92,7 +96,8 @@ def data_stage(
         "cached": sorted(cached),
         "kept_motions": list(req.kept),
     }
-    print(f"data-stage: {summary['clips']} clips in {len(specs)} shards at {root} "
+    where = f" on the Dask cluster at {dask_address}" if dask_address else ""
+    print(f"data-stage: {summary['clips']} clips in {len(specs)} shards at {root}{where} "
           f"({len(summary['rendered'])} rendered, {len(summary['cached'])} cached)")
     return summary
 

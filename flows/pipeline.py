@@ -35,6 +35,7 @@ def full_pipeline(
     size: int = _D.size,
     seed: int = _D.seed,
     workers: int = 2,
+    dask_address: str | None = None,
     model: str = "video",
     profile: str = "cpu-demo",
     max_steps: int | None = None,
@@ -46,12 +47,14 @@ def full_pipeline(
     force_eval: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Build or grow the dataset at `out`, train `model` with `profile` on it (from the champion's
-    weights with `warm_start`; a grown vocabulary keeps its old rows), evaluate the new version
-    against the champion and promote it if it is better. Returns each stage's summary."""
+    """Build or grow the dataset at `out` (on the Dask cluster at `dask_address`, if given), train
+    `model` with `profile` on it (from the champion's weights with `warm_start`; a grown vocabulary
+    keeps its old rows), evaluate the new version against the champion and promote it if it is
+    better. Returns each stage's summary."""
     dataset.confine(os.environ.get(dataset.ROOT_ENV), out=out)
     data = data_stage(out=out, motions=motions, clips_per_combo=clips_per_combo, val_per_combo=val_per_combo,
-                      frames=frames, size=size, seed=seed, workers=workers, force=force_data, progress=progress)
+                      frames=frames, size=size, seed=seed, workers=workers, force=force_data, progress=progress,
+                      dask_address=dask_address)
     overrides = dict(train_overrides or {})
     if warm_start and "init_from" not in overrides:
         init = champion_export(data["root"])

@@ -18,10 +18,12 @@ import io
 import json
 import os
 import re
+import socket
 from glob import escape as glob_escape
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pyarrow as pa
@@ -427,3 +429,22 @@ def count_summary(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
 def manifest_checksum(root: str | os.PathLike[str]) -> str:
     """sha256 over the published shards table sorted by path: changes iff any shard's content changes."""
     return _checksum(load_shards(root))
+
+
+DASK_SCHEMES = ("tcp", "tls")  # how `dask scheduler` listens (its default is tcp://HOST:8786)
+
+
+def check_dask_address(address: str, timeout: float = 10.0) -> str:
+    """`address` if a Dask scheduler answers there, else ValueError naming it: checked before any work."""
+    parts = urlsplit(address)
+    if parts.scheme not in DASK_SCHEMES or not parts.hostname or parts.port is None:
+        raise ValueError(f"dask_address must look like tcp://HOST:PORT (schemes: {', '.join(DASK_SCHEMES)}), "
+                         f"got {address!r}")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ValueError(f"no Dask scheduler reachable at {address} ({e}); start one with `dask scheduler` "
+                         f"and workers with `dask worker {address}`, or leave dask_address out to render in "
+                         f"local processes") from None
+    return address

@@ -10,7 +10,7 @@ key: results are stored under the root itself, so a moved or copied dataset keep
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -22,7 +22,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.states import State
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 from prefect.tasks import Task
 
 from t2v import dataset, vocab
@@ -98,21 +98,43 @@ def publish_manifest(root: str, params: dict[str, Any], infos: list[dict[str, An
 
 
 @contextmanager
-def process_pool(workers: int) -> Iterator[ProcessPoolTaskRunner]:
-    """A started process-pool task runner whose workers report to this process's Prefect API.
+def _shared_api() -> Iterator[None]:
+    """Point task runs in other processes at this process's Prefect API.
 
     With no PREFECT_API_URL, Prefect runs a temporary server for this process; its URL is not
     passed to spawned workers, so each would start (and wait for) a server of its own. Pointing
     them at the one already running keeps every task run in one place and saves seconds per worker.
     """
-    with ExitStack() as stack:
-        if get_current_settings().api.url is None:
-            from prefect.server.api.server import SubprocessASGIServer
+    if get_current_settings().api.url is not None:
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
 
-            server = SubprocessASGIServer()  # the singleton this process's client already started
-            server.start()
-            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))
-        yield stack.enter_context(ProcessPoolTaskRunner(max_workers=workers))
+    server = SubprocessASGIServer()  # the singleton this process's client already started
+    server.start()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolTaskRunner]:
+    """A started process-pool task runner whose workers report to this process's Prefect API."""
+    with _shared_api(), ProcessPoolTaskRunner(max_workers=workers) as runner:
+        yield runner
+
+
+@contextmanager
+def task_runner(workers: int, dask_address: str | None = None) -> Iterator[TaskRunner]:
+    """The data stage's task runner: `workers` local processes, or the Dask cluster at `dask_address`
+    (through prefect-dask), whose workers must see the output dir at the same path."""
+    if not dask_address:
+        with process_pool(workers) as runner:
+            yield runner
+        return
+    from prefect_dask import DaskTaskRunner
+
+    with _shared_api(), DaskTaskRunner(address=dask_address) as runner:
+        yield runner
 
 
 def wait_with_progress(futures: Mapping[str, PrefectFuture], label: str, progress: bool = False) -> dict[str, State]:
