@@ -78,8 +78,24 @@ class ShardInfo:
     bytes: int
 
 
+MAX_FRAMES = 64  # clip length: 4x the default, enough for any motion of the vocabulary
+MAX_SIZE = 256  # frame side: one frame is then 196 kB, a default-length clip 3 MB in memory
+MAX_CLIPS = 500_000  # clips in one dataset: 50x the default, ~0.8 GB of shards at 16 x 64 x 64
+MAX_SEED = 2**32 - 1  # numpy seeds are unsigned 32-bit words
+BYTES_PER_PIXEL_FRAME = 0.026  # shard bytes per pixel per frame (4-bit palette PNG in a gzip'd tar): 512 default clips, 849 kB
+
+
+def clip_count(p: DataParams) -> int:
+    """Clips a request would render, by arithmetic (before any plan is built)."""
+    n = 0
+    for color, shape, motion in vocab.combinations(p.colors, p.shapes, p.resolved_motions()):
+        n += p.val_per_combo if vocab.is_held_out(color, shape, motion) else p.clips_per_combo + p.val_per_combo
+    return n
+
+
 def validate_params(p: DataParams) -> None:
-    """Reject bad input before any work, naming the bad value and the valid choices."""
+    """Reject bad input before any work, naming the bad value and the valid choices (and the limits on
+    sizes and counts, with what a request over them would need)."""
     vocab.check_choices("colour", p.colors, vocab.COLORS)
     vocab.check_choices("shape", p.shapes, vocab.SHAPES)
     vocab.check_choices("motion", p.motions, vocab.motion_names())
@@ -93,6 +109,22 @@ def validate_params(p: DataParams) -> None:
         raise ValueError(f"size must be a multiple of 8 and at least 32 (e.g. 32, 40, 48, 64), got {p.size!r}")
     if not p.colors or not p.shapes:
         raise ValueError("at least one colour and one shape are needed")
+    if not isinstance(p.seed, int) or not 0 <= p.seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {p.seed!r}")
+    if p.frames > MAX_FRAMES:
+        raise ValueError(f"frames must be at most {MAX_FRAMES}, got {p.frames}")
+    if p.size > MAX_SIZE:
+        raise ValueError(f"size must be at most {MAX_SIZE}, got {p.size} (one {p.size}x{p.size} frame alone is "
+                         f"{3 * p.size * p.size / 2**20:.0f} MiB)")
+    for name in ("clips_per_combo", "val_per_combo", "shard_size"):
+        if getattr(p, name) > MAX_CLIPS:
+            raise ValueError(f"{name} must be at most {MAX_CLIPS:,}, got {getattr(p, name):,}")
+    n = clip_count(p)
+    if n > MAX_CLIPS:
+        gb = n * p.frames * p.size * p.size * BYTES_PER_PIXEL_FRAME / 1e9
+        raise ValueError(f"the request is {n:,} clips, over the limit of {MAX_CLIPS:,} per dataset (it would need "
+                         f"about {gb:,.1f} GB of shards); lower clips_per_combo (now {p.clips_per_combo:,}) or the "
+                         f"number of motions, shapes or colours")
 
 
 def plan(p: DataParams) -> list[ShardSpec]:

@@ -20,6 +20,16 @@ CASES: list[tuple[str, dict[str, Any], list[str], list[str]]] = [
     ("size-not-multiple-of-8", {"size": 36}, ["--size", "36"], ["36", "multiple of 8", "at least 32"]),
     ("size-below-32", {"size": 24}, ["--size", "24"], ["24", "multiple of 8", "at least 32"]),
     ("zero-workers", {"workers": 0}, ["--workers", "0"], ["workers", "positive integer", "0"]),
+    ("negative-seed", {"seed": -1}, ["--seed", "-1"], ["seed must be an integer from 0 to 4294967295", "-1"]),
+    ("huge-clip-count", {"clips_per_combo": 100_000_000}, ["--clips-per-combo", "100000000"],
+     ["clips_per_combo must be at most 500,000", "100,000,000"]),
+    ("over-the-clip-limit", {"clips_per_combo": 300_000, "colors": ["red", "blue"]},
+     ["--clips-per-combo", "300000", "--colors", "red", "blue"],
+     ["600,002 clips, over the limit of 500,000", "GB of shards", "clips_per_combo (now 300,000)"]),
+    ("huge-frame", {"size": 20832}, ["--size", "20832"], ["size must be at most 256, got 20832"]),
+    ("too-many-frames", {"frames": 500}, ["--frames", "500"], ["frames must be at most 64, got 500"]),
+    ("malformed-dask-address", {"dask_address": "127.0.0.1:8786"}, ["--dask-address", "127.0.0.1:8786"],
+     ["dask_address must look like tcp://HOST:PORT", "'127.0.0.1:8786'"]),
 ]
 GOOD: dict[str, Any] = dict(motions=["moving up"], colors=["red"], shapes=["circle"], clips_per_combo=1,
                             val_per_combo=1, frames=8, size=32, shard_size=4, workers=1)
