@@ -26,12 +26,11 @@ def vocab_size() -> int:
     return len(vocab.words()) + 1
 
 
-def token_roles() -> list[int]:
-    """Role id of every token id (0 = padding, 1 = colour, 2 = shape, 3 = motion word)."""
-    out = [0]
-    for w in vocab.words():
-        out.append(1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3)
-    return out
+def token_roles(words: list[str] | tuple[str, ...] | None = None) -> list[int]:
+    """Role id of every token id (0 = padding, 1 = colour, 2 = shape, 3 = motion word), for `words`
+    (a model's saved token vocabulary) or the current vocabulary."""
+    return [0] + [1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3
+                  for w in (vocab.words() if words is None else words)]
 
 
 def max_prompt_len() -> int:
@@ -179,10 +178,14 @@ def build_encoder(kind: str, words: tuple[str, ...], dim: int, slots: int = 1) -
     Every one returns (B, S, D)."""
     n_vocab = len(words) + 1
     if kind == "slots":
-        roles = [0] + [1 if w in vocab.COLORS else 2 if w in vocab.SHAPES else 3 for w in words]
-        return TextEncoder(n_vocab, roles, dim)
+        return TextEncoder(n_vocab, token_roles(words), dim)
     if kind == "bag":
         return nn.Sequential(MeanEmbedding(n_vocab, dim), nn.Unflatten(1, (1, dim)))
     if kind == "transformer":
         return TransformerTextEncoder(n_vocab, dim, slots)
     raise ValueError(f"unknown text_encoder {kind!r}; valid: {', '.join(TEXT_ENCODERS)}")
+
+
+def code_width(kind: str, dim: int, slots: int = 1) -> int:
+    """Width of the flattened codes of `build_encoder(kind, ..., dim, slots)`."""
+    return dim * (3 if kind == "slots" else 1 if kind == "bag" else slots)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from t2v import models, text
 from t2v.models import GeneratorSpec
 
 if TYPE_CHECKING:
@@ -40,6 +41,16 @@ class Models:
         if self.generator_ema is not None:
             return self.generator_ema, self.text_encoder_ema
         return self.generator, self.text_encoder
+
+
+def spec_text_encoder(spec: GeneratorSpec, slots: int = 1) -> nn.Module:
+    """The generator-side text encoder `spec` names (the family's own for an export from before the option)."""
+    return text.build_encoder(models.text_encoder(spec.model, spec.text_encoder), spec.words, spec.text_dim, slots)
+
+
+def spec_code_width(spec: GeneratorSpec, slots: int = 1) -> int:
+    """Width of the flattened codes `spec_text_encoder(spec, slots)` returns: what the generator reads."""
+    return text.code_width(models.text_encoder(spec.model, spec.text_encoder), spec.text_dim, slots)
 
 
 def build_models(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device, generator: nn.Module,

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from t2v import models, text
+from t2v import text
 from t2v.config import TrainConfig
 from t2v.models import GeneratorSpec
-from t2v.models.common import Models, build_models
+from t2v.models.common import Models, build_models, spec_code_width, spec_text_encoder
 from t2v.models import pixel
 
 G_WIDTH = 8  # channels of the last hidden block (8x this in the first): the published 512-64 ladder is /4,
@@ -88,7 +88,7 @@ class Conv3dDiscriminator(nn.Module):
                  text_dim: int = 32) -> None:
         super().__init__()
         sn = stabilize
-        t0, joint, spatial = ladder(frames, size)
+        _, joint, spatial = ladder(frames, size)
         layers: list[nn.Module] = []
         c, t = 3, frames
         for i in range(joint + spatial):
@@ -112,9 +112,7 @@ class Conv3dDiscriminator(nn.Module):
 
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
-    kind = models.text_encoder(spec.model, spec.text_encoder)
-    return (Conv3dGenerator(spec.frames, spec.size, spec.z_dim, pixel.code_dim(kind, spec.text_dim)),
-            text.build_encoder(kind, spec.words, spec.text_dim))
+    return (Conv3dGenerator(spec.frames, spec.size, spec.z_dim, spec_code_width(spec)), spec_text_encoder(spec))
 
 
 def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models:

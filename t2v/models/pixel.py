@@ -54,11 +54,6 @@ def g_loss(fake: torch.Tensor, hinge: bool) -> torch.Tensor:
     return -f.mean() if hinge else F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
 
 
-def code_dim(kind: str, dim: int, slots: int = 1) -> int:
-    """Width of the flattened text code of `text.build_encoder(kind, ..., dim, slots)`."""
-    return dim * (3 if kind == "slots" else 1 if kind == "bag" else slots)
-
-
 # ----------------------------------------------------------------------------- generator pieces
 
 class FrameDecoder(nn.Module):
@@ -189,11 +184,6 @@ class PixelStep:
         B = x.shape[0]
         z = m.generator.sample_noise(B).to(dev)  # from the seeded CPU generator, the same on any device
         ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
-        perm = torch.roll(torch.arange(B, device=dev), 1)
-        lab = {k: batch[k].to(dev) for k in ("color", "shape", "motion", "true_color")}
-        color_w = lab["color"][perm]
-        looks_wrong = ((color_w >= 0) & (color_w != lab["true_color"])) | (lab["shape"][perm] != lab["shape"])
-        wrong = {"frame": looks_wrong.float(), "clip": (looks_wrong | (lab["motion"][perm] != lab["motion"])).float()}
 
         # (1) update D
         self.D.requires_grad_(True)
@@ -202,7 +192,9 @@ class PixelStep:
             fake = self.G(z, m.text_encoder(ids))  # (B, 3, T, H, W)
             s_r, s_f = self.D(x, ids), self.D(fake.detach(), ids)
             loss_d = sum(d_loss(s_r[k], s_f[k], hinge) for k in s_r)
-            if cfg.mismatch_weight > 0:
+            if cfg.mismatch_weight > 0:  # real clips under the previous clip's prompt
+                perm = torch.roll(torch.arange(B, device=dev), 1)
+                wrong = self._wrong_prompts(batch, perm)
                 s_w = self.D(x, ids[perm])
                 loss_d = loss_d + cfg.mismatch_weight * sum(
                     d_wrong(s_w[k], self._mask(wrong, k, s_w[k].shape[0]), hinge) for k in s_w)
@@ -230,6 +222,14 @@ class PixelStep:
         out = {"loss_d": loss_d, "loss_g": loss_g, "r1": r1, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
                **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}}
         return {k: v.detach().float() for k, v in out.items()}
+
+    def _wrong_prompts(self, batch: dict[str, Any], perm: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Where the permuted prompt is wrong for what a critic sees: colour or shape for a single frame,
+        also motion for a clip (a colourless prompt is right about any colour)."""
+        lab = {k: batch[k].to(self.device) for k in ("color", "shape", "motion", "true_color")}
+        color_w = lab["color"][perm]
+        looks_wrong = ((color_w >= 0) & (color_w != lab["true_color"])) | (lab["shape"][perm] != lab["shape"])
+        return {"frame": looks_wrong.float(), "clip": (looks_wrong | (lab["motion"][perm] != lab["motion"])).float()}
 
     def _mask(self, wrong: dict[str, torch.Tensor], critic: str, n: int) -> torch.Tensor:
         """Which of a critic's n scores saw a wrong prompt (a frame critic cannot see a wrong motion)."""

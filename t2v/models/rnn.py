@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from t2v import models, text
 from t2v.config import TrainConfig
 from t2v.models import GeneratorSpec
-from t2v.models.common import Models, build_models
+from t2v.models.common import Models, build_models, spec_code_width, spec_text_encoder
 from t2v.models import pixel
 
 MOTION_DIM = 16  # GRU state = motion code per frame (MoCoGAN: 10)
@@ -60,9 +59,7 @@ class RecurrentGenerator(nn.Module):
 
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
-    kind = models.text_encoder(spec.model, spec.text_encoder)
-    return (RecurrentGenerator(spec.frames, spec.size, spec.z_dim, pixel.code_dim(kind, spec.text_dim)),
-            text.build_encoder(kind, spec.words, spec.text_dim))
+    return (RecurrentGenerator(spec.frames, spec.size, spec.z_dim, spec_code_width(spec)), spec_text_encoder(spec))
 
 
 def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from t2v import models, text
 from t2v.config import TrainConfig
 from t2v.models import GeneratorSpec
-from t2v.models.common import Models, build_models
+from t2v.models.common import Models, build_models, spec_text_encoder
 from t2v.models import pixel
 
 TEXT_SLOTS = 4  # text codes the frame tokens cross-attend to
@@ -58,8 +57,7 @@ class TransformerGenerator(nn.Module):
 
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
-    kind = models.text_encoder(spec.model, spec.text_encoder)
-    te = text.build_encoder(kind, spec.words, spec.text_dim, slots=TEXT_SLOTS)  # bag: one code, (B, 1, E)
+    te = spec_text_encoder(spec, slots=TEXT_SLOTS)  # bag: one code, (B, 1, E)
     return TransformerGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim), te
 
 

@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.profiler import record_function
 
-from t2v import models, text, vocab
+from t2v import text, vocab
 from t2v.config import TrainConfig
 from t2v.loader import to_model
 from t2v.models import GeneratorSpec
-from t2v.models.common import Models, build_models, ce, ema_update, hinge_fake, hinge_real
+from t2v.models.common import Models, build_models, ce, spec_text_encoder, ema_update, hinge_fake, hinge_real
 
 
 # ----------------------------------------------------------------------------- video generator
@@ -472,7 +472,7 @@ class VideoDiscriminators(nn.Module):
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
     return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim),
-            text.build_encoder(models.text_encoder(spec.model, spec.text_encoder), spec.words, spec.text_dim, slots=3))
+            spec_text_encoder(spec, slots=3))
 
 
 def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models:
