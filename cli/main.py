@@ -195,6 +195,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default="t2v", help="MLflow experiment (default t2v)")
     p.add_argument("--force", action="store_true", help="run the training task even on a cache hit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("data-parallel training (torchrun: gloo on CPU, NCCL on CUDA; --set batch_size is per rank)")
+    d.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="training ranks on this machine (one per GPU; default 1: no torchrun)")
+    d.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines training together (default 1)")
+    d.add_argument("--node-rank", type=int, default=0, metavar="K",
+                   help="this machine's rank among --nnodes: 0 runs the flow and logs to MLflow; 1..M-1 start "
+                        "only their ranks (same --data path, shared by every node)")
+    d.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, the same on every node")
     p.set_defaults(handler=run_train)
 
 
@@ -209,20 +217,53 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _train_ranks_here(req: object, args: argparse.Namespace, launched: bool) -> int:
+    """The ranks of a node that is not node 0 (or, under a user's own torchrun, a rank that is not 0):
+    no flow, no MLflow; they train with node 0's rank 0, which logs and registers."""
+    import subprocess
+
+    from cli import rank
+
+    cfg_json = json.dumps(req.config.to_dict())  # type: ignore[attr-defined]
+    rank_args = ["--data", str(req.data_dir), "--out", str(req.out_dir), "--config", cfg_json]  # type: ignore[attr-defined]
+    if launched:  # already a torchrun rank
+        return rank.main(rank_args)
+    from t2v.distributed import launch_command
+
+    cmd = launch_command(["cli.rank", *rank_args], args.nproc_per_node, args.nnodes, args.node_rank,
+                         args.rdzv_endpoint, python=sys.executable)
+    print(f"node {args.node_rank} of {args.nnodes}: starting {args.nproc_per_node} ranks, rendezvous at "
+          f"{args.rdzv_endpoint}; node 0 logs the run", file=sys.stderr)
+    rc = subprocess.run(cmd).returncode
+    return 0 if rc == 0 else EXIT_FAILED
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from t2v.config import check_train_request
+    from t2v.config import check_launch, check_train_request
 
     overrides = parse_overrides(args.overrides)
+    try:  # under `torchrun ... -m cli train` this process is rank RANK of WORLD_SIZE
+        env_rank, env_world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError as e:
+        raise UsageError(f"RANK and WORLD_SIZE (set by torchrun) must be integers: {e}") from e
+    launched = env_world > 1
     try:  # the flow checks again (it is also a deployment's entry); here first keeps bad input fast and torch-free
-        check_train_request(args.data, args.model, args.profile, args.max_steps, args.out, overrides, args.experiment)
+        world_size = env_world if launched else check_launch(args.nproc_per_node, args.nnodes, args.node_rank,
+                                                             args.rdzv_endpoint)
+        req = check_train_request(args.data, args.model, args.profile, args.max_steps, args.out, overrides,
+                                  args.experiment, world_size)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
+    if (args.node_rank > 0 and not launched) or env_rank > 0:
+        return _train_ranks_here(req, args, launched)
 
     from flows.train import train_stage
 
+    launch = ({"nproc_per_node": env_world} if launched else
+              {"nproc_per_node": args.nproc_per_node, "nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint})
     r = train_stage(data=args.data, model=args.model, profile=args.profile, max_steps=args.max_steps,
-                    out=args.out, overrides=overrides, force=args.force, experiment=args.experiment,
-                    progress=not args.no_progress)
+                    out=args.out, overrides=overrides, force=args.force or launched, experiment=args.experiment,
+                    progress=not args.no_progress, **launch)
     resumed = f", resumed from step {r['resumed_from']}" if r["resumed_from"] is not None else ""
     print(f"trained {r['model']} ({r['profile']}): step {r['step']}{resumed}{' (cached)' if r['cached'] else ''}")
     print(f"checkpoint: {r['checkpoint']}")
@@ -354,6 +395,8 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
                        help="render on this running Dask cluster's workers instead of local processes")
         p.add_argument("--eval-samples", type=int, default=4, help="clips per evaluated prompt (default 4)")
         p.add_argument("--warm-start", action="store_true", help="initialise from the champion's weights")
+        p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                       help="training ranks on this machine (torchrun; one per GPU; default 1)")
         for stage in ("data", "train", "eval"):
             p.add_argument(f"--force-{stage}", action="store_true", help=f"re-run the {stage} stage even if cached")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -372,9 +415,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
                                  args.out)
         if args.dask_address:
             dataset.check_dask_address(args.dask_address)
-        from t2v.config import check_train_config
+        from t2v.config import check_launch, check_train_config
 
-        check_train_config(args.model, args.profile, args.max_steps, overrides)  # the dataset does not exist yet
+        world_size = check_launch(args.nproc_per_node)
+        check_train_config(args.model, args.profile, args.max_steps, overrides, world_size)  # the dataset does not exist yet
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
@@ -386,7 +430,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
                       max_steps=args.max_steps,
                       train_overrides=overrides, warm_start=args.warm_start, eval_samples=args.eval_samples,
                       force_data=args.force_data, force_train=args.force_train, force_eval=args.force_eval,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, nproc_per_node=args.nproc_per_node)
     data, tr, ev = r["data"], r["train"], r["evaluate"]
     m = ev["metrics"]
     print()

@@ -28,7 +28,7 @@ from deployments.stack import REPO
 NIGHTLY_CRON = "0 2 * * *"
 
 
-def build(data: Path, cron: str = NIGHTLY_CRON, timezone: str = "UTC") -> list[Any]:
+def build(data: Path, cron: str = NIGHTLY_CRON, timezone: str = "UTC", nproc_per_node: int = 1) -> list[Any]:
     """The three deployments, with their default parameters."""
     from flows.data import data_stage
     from flows.pipeline import full_pipeline
@@ -37,7 +37,7 @@ def build(data: Path, cron: str = NIGHTLY_CRON, timezone: str = "UTC") -> list[A
     return [
         full_pipeline.to_deployment(
             "nightly", schedules=[Cron(cron, timezone=timezone)],
-            parameters={"out": out, "profile": "gpu", "warm_start": True},
+            parameters={"out": out, "profile": "gpu", "warm_start": True, "nproc_per_node": nproc_per_node},
             description="Nightly retrain on the current dataset (gpu profile), evaluate, promote if better.",
             tags=["nightly"]),
         full_pipeline.to_deployment(
@@ -55,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO / "data", help="dataset/output root the deployments use")
     ap.add_argument("--cron", default=NIGHTLY_CRON, help="nightly schedule (default 02:00)")
     ap.add_argument("--timezone", default="UTC", help="timezone of --cron (default UTC)")
+    ap.add_argument("--nproc-per-node", type=int, default=1,
+                    help="the nightly's training ranks on the serving machine (one per GPU; default 1)")
     ap.add_argument("--dry-run", action="store_true", help="print the deployments and exit")
     a = ap.parse_args(argv)
-    deployments = build(a.data.resolve(), a.cron, a.timezone)
+    if a.nproc_per_node < 1:
+        ap.error(f"--nproc-per-node must be at least 1, got {a.nproc_per_node}")
+    deployments = build(a.data.resolve(), a.cron, a.timezone, a.nproc_per_node)
     if a.dry_run:
         for d in deployments:
             print(json.dumps({"name": f"{d.flow_name}/{d.name}", "parameters": d.parameters,

@@ -69,7 +69,7 @@ def data_stage(
         infos = {p: states[p].result() for p in futures}
         cached = {p for p, s in states.items() if s.name == "Cached"}
 
-        bad = verify_shards(str(root), list(infos.values()))
+        bad = verify_shards(str(root), infos)
         if bad:  # a cache hit whose file went missing or changed: render it again
             print(f"re-rendering {len(bad)} shard(s) that failed verification: {', '.join(sorted(bad))}")
             refresh = render_task(root, refresh=True)
@@ -81,7 +81,7 @@ def data_stage(
                 raise RuntimeError(f"{len(failed)} shards failed to re-render: {', '.join(sorted(failed))}")
             infos.update({p: s.result() for p, s in redone.items()})
             cached -= set(bad)
-            still = verify_shards(str(root), [infos[p] for p in bad])
+            still = verify_shards(str(root), {p: infos[p] for p in bad})
             if still:
                 raise RuntimeError(f"shards still fail verification after re-rendering: {still}")
 

@@ -46,11 +46,13 @@ def full_pipeline(
     force_train: bool = False,
     force_eval: bool = False,
     progress: bool = False,
+    nproc_per_node: int = 1,
 ) -> dict[str, Any]:
     """Build or grow the dataset at `out` (on the Dask cluster at `dask_address`, if given), train
     `model` with `profile` on it (from the champion's weights with `warm_start`; a grown vocabulary
     keeps its old rows), evaluate the new version against the champion and promote it if it is
-    better. Returns each stage's summary."""
+    better; `nproc_per_node` > 1 trains with that many torchrun ranks on this machine. Returns each
+    stage's summary."""
     dataset.confine(os.environ.get(dataset.ROOT_ENV), out=out)
     data = data_stage(out=out, motions=motions, clips_per_combo=clips_per_combo, val_per_combo=val_per_combo,
                       frames=frames, size=size, seed=seed, workers=workers, force=force_data, progress=progress,
@@ -61,7 +63,8 @@ def full_pipeline(
         if init:
             overrides["init_from"] = init
     trained = train_stage(data=data["root"], model=model, profile=profile, max_steps=max_steps,
-                          overrides=overrides, force=force_train, progress=progress)  # out: t2v.config.run_dir
+                          overrides=overrides, force=force_train, progress=progress,
+                          nproc_per_node=nproc_per_node)  # out: t2v.config.run_dir
     evaluated = eval_stage(model=trained["model_uri"], data=data["root"], samples=eval_samples, force=force_eval,
                            progress=progress)
     print(f"full-pipeline: {data['clips']} clips ({len(data['rendered'])} shards rendered), "

@@ -9,7 +9,7 @@ from prefect import flow
 
 from t2v import dataset
 
-from t2v.config import DEFAULT_EXPERIMENT, check_train_request
+from t2v.config import DEFAULT_EXPERIMENT, check_launch, check_train_request
 from tasks.train import cached_result_usable, train_inputs, train_task
 
 
@@ -24,9 +24,16 @@ def train_stage(
     force: bool = False,
     experiment: str = DEFAULT_EXPERIMENT,
     progress: bool = False,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Train `model` with `profile` (plus `max_steps` and `overrides`, any TrainConfig field) on the
     dataset at `data`, into `out` (default `t2v.config.run_dir`: `<data>/runs/<model>-<profile>-<manifest>-<key>`).
+
+    `nproc_per_node` > 1 trains data-parallel with that many torchrun ranks here (gloo on CPU, NCCL
+    on CUDA); with `nnodes` > 1 this is node 0 of a static rendezvous at `rdzv_endpoint` (HOST:PORT of
+    this machine), and every other node runs `t2v train ... --nnodes M --node-rank K --rdzv-endpoint`.
 
     Cached on (manifest checksum, config, model code, out dir, MLflow store): a rerun with nothing
     changed is a cache hit; `force` trains again (resuming whatever checkpoint `out` holds). Returns
@@ -34,8 +41,10 @@ def train_stage(
     `cached`.
     """
     dataset.confine(os.environ.get(dataset.ROOT_ENV), data=data, out=out)
-    req = check_train_request(data, model, profile, max_steps, out, overrides, experiment)
-    inputs = train_inputs(req, progress=progress)
+    world_size = check_launch(nproc_per_node, nnodes, 0, rdzv_endpoint)
+    req = check_train_request(data, model, profile, max_steps, out, overrides, experiment, world_size)
+    launch = {"nproc_per_node": nproc_per_node, "nnodes": nnodes, "rdzv_endpoint": rdzv_endpoint}
+    inputs = train_inputs(req, progress=progress, launch=launch)
     state = train_task(req.out_dir, refresh=force)(**inputs, return_state=True)
     result = state.result()
     cached = state.name == "Cached"

@@ -276,3 +276,30 @@ def unreachable(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+class RunHooks:
+    """What a training reports to its MLflow run: metrics (also appended to `<run dir>/train.log`),
+    sample grids and checkpoint steps. The task's logger adds Prefect's progress on top; a torchrun
+    rank 0, which has no Prefect context, uses this alone."""
+
+    def __init__(self, client: MlflowClient, run_id: str, log_file: Path,
+                 reached: dict[str, int | None] | None = None) -> None:
+        self.client, self.run_id, self.log_file = client, run_id, log_file
+        self.reached = reached if reached is not None else {"step": None, "checkpoint": None}
+
+    def on_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.reached["step"] = step
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        with open(self.log_file, "a") as f:
+            f.write(f"step {step}: {', '.join(f'{k} {v:.4g}' for k, v in metrics.items())}\n")
+
+    def on_sample(self, step: int, grid: Any) -> None:
+        import numpy as np
+
+        self.client.log_image(self.run_id, np.ascontiguousarray(grid, dtype=np.uint8), key="samples", step=step,
+                              synchronous=True)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self.reached["checkpoint"] = step
+        self.client.set_tag(self.run_id, CHECKPOINT_TAG, str(step))

@@ -24,9 +24,11 @@ from t2v.io import source_hash
 CKPT_NAME = "last.pt"  # under <run dir>/checkpoints/, with its metadata beside it as last.json
 RUN_RECORD = "mlflow_run.json"  # under the run dir: the MLflow run a training continues
 MODEL_CODE = ("t2v.models", "t2v.models.common", "t2v.train", "t2v.checkpoint", "t2v.text", "t2v.sampler",
-              "t2v.loader")  # with the family's own module: what decides the weights
+              "t2v.loader", "t2v.distributed")  # with the family's own module: what decides the weights
 DEFAULT_EXPERIMENT = "t2v"  # the MLflow experiment a training logs to unless told
-SET_BY_PARAMETER = ("model", "profile")  # TrainConfig fields that have their own flow/CLI parameter
+SET_BY_PARAMETER = {"model": "--model", "profile": "--profile",  # TrainConfig fields with their own flow/CLI parameter
+                    "world_size": "--nproc-per-node and --nnodes"}
+MAX_PROCS = 1024  # ranks per node, and nodes: far past any cluster this project would meet, small enough to catch a typo
 
 
 
@@ -68,6 +70,8 @@ class TrainConfig:
     select_every: int = 250  # judge the EMA on every train prompt this often and ship the best (0 = ship the last):
     # a GAN's last step is a draw from its oscillation, and the check picks the good phase
     seed: int = 0  # model init, noise and data order
+    world_size: int = 1  # ranks training together (`--nproc-per-node` x `--nnodes`); batch_size is per rank, so the
+    # global batch is batch_size * world_size and a resume needs the same world size
     device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu" / "cuda" / "cuda:N"
     deterministic: bool = False  # CUDA: deterministic kernels only, no TF32, no cuDNN autotuning (slower); CPU already is
     compile: bool = False  # torch.compile the generator/discriminators (CUDA only; slow start, pays off on long runs)
@@ -136,7 +140,7 @@ def validate(cfg: TrainConfig) -> None:
     """Reject bad values before any work, naming the field and what is valid."""
     models.text_encoder(cfg.model, cfg.text_encoder)  # unknown model or encoder -> ValueError naming the valid ones
     for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
-                 "width", "frame_samples", "r1_every"):
+                 "width", "frame_samples", "r1_every", "world_size"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)!r}")
     for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every", "seed"):
@@ -263,8 +267,25 @@ def read_run_record(out_dir: str | os.PathLike[str]) -> dict[str, str] | None:
     return json.loads(path.read_text())
 
 
+def check_launch(nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0,
+                 rdzv_endpoint: str | None = None) -> int:
+    """The world size of a torchrun launch request, or ValueError naming the bad value."""
+    for name, v in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_PROCS:
+            raise ValueError(f"{name} must be an integer from 1 to {MAX_PROCS}, got {v!r}")
+    if not isinstance(node_rank, int) or isinstance(node_rank, bool) or not 0 <= node_rank < nnodes:
+        raise ValueError(f"node_rank must be an integer from 0 to nnodes-1 = {nnodes - 1}, got {node_rank!r}")
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint HOST:PORT: node 0's address, the same on every node")
+    if rdzv_endpoint:
+        host, sep, port = str(rdzv_endpoint).rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"rdzv_endpoint must be HOST:PORT, got {rdzv_endpoint!r}")
+    return nproc_per_node * nnodes
+
+
 def check_train_config(model: str = "video", profile: str = "cpu-demo", max_steps: int | None = None,
-                       overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+                       overrides: Mapping[str, Any] | None = None, world_size: int = 1) -> TrainConfig:
     """The config a training request names, or ValueError naming the bad model, profile, field or value."""
     overrides = dict(overrides or {})
     models.family(model)  # unknown model -> ValueError naming the valid ones
@@ -272,12 +293,12 @@ def check_train_config(model: str = "video", profile: str = "cpu-demo", max_step
         raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     clash = [k for k in SET_BY_PARAMETER if k in overrides]
     if clash:
-        raise ValueError(f"set {', '.join(clash)} with its own parameter (--{clash[0]}), not as an override")
+        raise ValueError(f"set {clash[0]} with {SET_BY_PARAMETER[clash[0]]}, not as an override")
     if max_steps is not None:
         if "max_steps" in overrides and str(overrides["max_steps"]) != str(max_steps):
             raise ValueError(f"max_steps given twice: {max_steps} and override {overrides['max_steps']!r}")
         overrides["max_steps"] = max_steps
-    cfg = config_for(profile, model=model, **overrides)
+    cfg = config_for(profile, model=model, world_size=world_size, **overrides)
     check_device(cfg.device)
     if cfg.init_from:
         check_export(Path(cfg.init_from))
@@ -300,7 +321,7 @@ class TrainRequest:
 def check_train_request(data: str | os.PathLike[str], model: str = "video", profile: str = "cpu-demo",
                         max_steps: int | None = None, out: str | os.PathLike[str] | None = None,
                         overrides: Mapping[str, Any] | None = None,
-                        experiment: str = DEFAULT_EXPERIMENT) -> TrainRequest:
+                        experiment: str = DEFAULT_EXPERIMENT, world_size: int = 1) -> TrainRequest:
     """Every check of a training request, before any directory, MLflow run or Prefect task exists; the
     CLI and the train-stage flow both call it. Torch-free unless a GPU or an old checkpoint must be looked at.
 
@@ -316,7 +337,7 @@ def check_train_request(data: str | os.PathLike[str], model: str = "video", prof
     if not manifest.is_file():
         raise FileNotFoundError(f"no dataset at {str(data_dir)!r}: {str(manifest)!r} does not exist; build one "
                                 f"first with `t2v data --out {data} --clips-per-combo N`")
-    cfg = check_train_config(model, profile, max_steps, overrides)
+    cfg = check_train_config(model, profile, max_steps, overrides, world_size)
     frames, size = dataset.geometry(data_dir)
     dataset.shard_urls(data_dir, "train", verify=False)  # no train shards -> FileNotFoundError naming the dir
     checksum = dataset.manifest_checksum(data_dir)

@@ -12,6 +12,12 @@ a buffer, decodes, and batches. One explicit pipeline:
 Only the shards `shards.parquet` lists are read, each checked against its sha256 before the first
 batch, and only the contract's members (`clip.png`, `prompt.txt`, `meta.json`) reach a decoder.
 
+Several readers (torchrun ranks x loader workers: K of them, reader c) split every shard by sample,
+not by shard: reader c keeps the samples at positions c, c+K, c+2K, ... of each shard (`every_kth`,
+before any decoding), so no two readers share a clip, each still sees every motion, and each stream
+stays endless, so every rank gets a batch at every step whatever the shard counts. A shard with no
+sample at a reader's position is left out of that reader's mix.
+
 Batches carry clips as uint8 (B, 3, T, H, W) (4x less to move between processes and to the GPU
 than floats); `to_model` turns them into floats in [-1, 1] on the training device. Only the train
 split is ever read: validation and held-out shards are for evaluation.
@@ -107,25 +113,50 @@ class SeededMix(IterableDataset):
                 return
 
 
+def every_kth(k: int, c: int, count: int) -> Any:
+    """A webdataset stage keeping samples c, c+k, c+2k, ... of each pass over one shard of `count`
+    samples (the resampled stream repeats the shard: positions restart at every pass)."""
+    def keep(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for i, sample in enumerate(src):
+            if i % count % k == c:
+                yield sample
+    return keep
+
+
 class TrainStream(IterableDataset):
-    """Endless batches of mixed motions, shapes and colours; each worker seeds its own pipeline."""
+    """Endless batches of mixed motions, shapes and colours; each worker seeds its own pipeline.
+
+    `rank` of `world_size` (torchrun) and the DataLoader worker id choose this reader's slice of every
+    shard; with one reader it reads everything."""
 
     def __init__(self, data_dir: Path, batch_size: int, shuffle_buffer: int = 512, seed: int = 0,
-                 color_dropout: float = 0.0) -> None:
+                 color_dropout: float = 0.0, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> None:
         super().__init__()
         self.urls = [str(p) for p in train_shards(data_dir, verify=True)]  # once, before the first batch
+        counts = {Path(i.path).name: i.count for i in dataset.load_shards(data_dir) if i.split == SPLIT}
+        self.counts = [counts[Path(u).name] for u in self.urls]
         self.weights = [Path(u).stat().st_size for u in self.urls]  # bytes ~ samples: big shards drawn more
         self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
         self.color_dropout = color_dropout
+        self.rank, self.workers = rank, max(1, num_workers)
+        self.readers = world_size * self.workers
+        if max(self.counts) < self.readers:
+            raise ValueError(f"{data_dir}: its largest train shard holds {max(self.counts)} clips, fewer than the "
+                             f"{self.readers} readers (world_size {world_size} x {self.workers} loader workers) "
+                             f"that split every shard by sample; use fewer ranks or workers, or more clips per combo")
 
-    def pipeline(self, seed: int) -> wds.DataPipeline:
+    def pipeline(self, seed: int, reader: int = 0) -> wds.DataPipeline:
         rng = random.Random(seed)
+        mine = [i for i, n in enumerate(self.counts) if n > reader]  # shards with a sample at this reader's position
         streams = [
-            wds.DataPipeline(wds.ResampledShards([u], seed=seed, deterministic=True), wds.tarfile_to_samples())
-            for u in self.urls
+            wds.DataPipeline(wds.ResampledShards([self.urls[i]], seed=seed, deterministic=True), wds.tarfile_to_samples(),
+                             *([every_kth(self.readers, reader, self.counts[i])] if self.readers > 1 else []))
+            for i in mine
         ]
         return wds.DataPipeline(
-            SeededMix(streams, self.weights, seed + 2),
+            SeededMix(streams, [self.weights[i] if self.readers == 1 else  # bytes of this reader's slice
+                                self.weights[i] * len(range(reader, self.counts[i], self.readers)) / self.counts[i]
+                                for i in mine], seed + 2),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng) if self.shuffle_buffer else wds.map(lambda s: s),
             wds.map(dataset.contract_sample),
             wds.decode("rgb8"),
@@ -135,15 +166,16 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        wid = info.id if info is not None else 0
-        seed = (self.seed * 1_000_003 + wid * 7919) % 2**31
-        return iter(self.pipeline(seed))
+        reader = self.rank * self.workers + (info.id if info is not None else 0)
+        seed = (self.seed * 1_000_003 + reader * 7919) % 2**31
+        return iter(self.pipeline(seed, reader))
 
 
 def make_loader(data_dir: Path, batch_size: int, *, num_workers: int = 1, shuffle_buffer: int = 512,
-                seed: int = 0, color_dropout: float = 0.0, pin_memory: bool = False) -> DataLoader:
+                seed: int = 0, color_dropout: float = 0.0, pin_memory: bool = False, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
     """Multi-worker DataLoader over `TrainStream` (batching happens in the pipeline)."""
-    stream = TrainStream(data_dir, batch_size, shuffle_buffer, seed, color_dropout)
+    stream = TrainStream(data_dir, batch_size, shuffle_buffer, seed, color_dropout, rank, world_size, num_workers)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False)
 

@@ -6,11 +6,18 @@ and `out_dir/export/` (the sampler's files) at the end, and returns a `TrainResu
 `out_dir` already holds a checkpoint of the same config resumes from it; a different config there
 is an error (pick a new `out_dir`). Logging is the caller's: pass `TrainHooks`. The config and its
 checks live in `t2v.config`, checkpoint I/O in `t2v.checkpoint`.
+
+With `world_size` > 1 every torchrun rank calls `train` inside an initialised process group
+(`t2v.distributed`): each reads its own slice of the shards and the gradients are averaged, and
+only rank 0 calls the hooks, judges, samples, checkpoints and exports; the others wait for it at
+the end and return the same paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import os
 import random
 import time
@@ -22,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from t2v import dataset, judge, models, text
-from t2v.checkpoint import load_checkpoint, restore, save_checkpoint
+from t2v import dataset, distributed, judge, models, text
+from t2v.io import atomic_write_bytes
+from t2v.checkpoint import load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state
 from t2v.config import CKPT_NAME, TrainConfig, check_device, check_export, check_resumable, generator_spec
 from t2v.loader import DatasetInfo, dataset_info, make_loader
 from t2v.models import GeneratorSpec
@@ -50,6 +58,25 @@ class TrainResult:
     selected_score: float | None = None  # its all-three accuracy on the train prompts (pixel judge)
 
 
+RESULT_NAME = "train-result.json"  # under out_dir: what a torchrun rank 0 hands back to the process that launched it
+
+
+def save_result(r: TrainResult, out_dir: Path) -> Path:
+    """`r` as JSON in `out_dir` (written to a temporary name, renamed into place)."""
+    doc = {"step": r.step, "checkpoint": str(r.checkpoint), "export_dir": str(r.export_dir), "metrics": r.metrics,
+           "resumed_from": r.resumed_from, "selected_step": r.selected_step, "selected_score": r.selected_score}
+    path = Path(out_dir) / RESULT_NAME
+    atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+    return path
+
+
+def load_result(out_dir: Path) -> TrainResult:
+    doc = json.loads((Path(out_dir) / RESULT_NAME).read_text())
+    return TrainResult(int(doc["step"]), Path(doc["checkpoint"]), Path(doc["export_dir"]),
+                       {k: float(v) for k, v in doc["metrics"].items()}, doc["resumed_from"], doc["selected_step"],
+                       doc["selected_score"])
+
+
 # ----------------------------------------------------------------------------- setup
 
 SAMPLE_PROMPTS = (  # sample-grid rows: held-out combinations first, then seen ones
@@ -59,11 +86,27 @@ SAMPLE_PROMPTS = (  # sample-grid rows: held-out combinations first, then seen o
 )
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when there is one (a torchrun rank takes the GPU of its `LOCAL_RANK`), else CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     check_device(name)
+    if name == "cuda" and local_rank:
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def _rank0_work(world: distributed.World) -> Iterator[None]:
+    """What rank 0 does alone (judging, samples) leaves its RNG states as the other ranks' are."""
+    if world.world_size == 1:
+        yield
+        return
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 @torch.no_grad()
@@ -149,26 +192,33 @@ def _snapshot(modules: tuple[nn.Module, nn.Module]) -> dict[str, dict[str, torch
 def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks | None = None) -> TrainResult:
     """Train `cfg.model` on `data_dir`'s train shards; resume from `out_dir`'s checkpoint when it matches."""
     t_start = time.perf_counter()
-    hooks = hooks or TrainHooks()
+    world = distributed.current()
+    if world.world_size != cfg.world_size:
+        raise ValueError(f"world_size={cfg.world_size} but this process is rank {world.rank} of {world.world_size}: "
+                         f"start {cfg.world_size} ranks with torchrun (`t2v train --nproc-per-node N`) and join "
+                         f"them with t2v.distributed.init first")
+    hooks = (hooks or TrainHooks()) if world.main else TrainHooks()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     info = dataset_info(data_dir)  # also fails early when there are no train shards
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, world.local_rank)
     ckpt_path = out_dir / "checkpoints" / CKPT_NAME
     ckpt = load_checkpoint(ckpt_path, device) if ckpt_path.is_file() else None
     if ckpt is not None:
         check_resumable(ckpt, cfg, info.frames, info.size, ckpt_path)  # before any work or any write
     threads_before, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.num_workers))
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if world.world_size > 1 else 1  # they share the cores
+        torch.set_num_threads(cfg.threads or max(1, ((os.cpu_count() or 1) - cfg.num_workers) // ranks_here))
     try:
-        return _train(cfg, data_dir, out_dir, hooks, info, device, ckpt_path, ckpt, t_start)
+        return _train(cfg, data_dir, out_dir, hooks, info, device, ckpt_path, ckpt, t_start, world)
     finally:
         torch.set_num_threads(threads_before)
         torch.use_deterministic_algorithms(deterministic_before)
 
 
 def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, info: DatasetInfo,
-           device: torch.device, ckpt_path: Path, ckpt: dict[str, Any] | None, t_start: float) -> TrainResult:
+           device: torch.device, ckpt_path: Path, ckpt: dict[str, Any] | None, t_start: float,
+           world: distributed.World) -> TrainResult:
     if device.type == "cuda":
         fast = not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = fast
@@ -193,6 +243,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
         del ckpt
     elif cfg.init_from:
         warm_start(m, Path(cfg.init_from), device)
+    distributed.broadcast_modules(list(m.modules().values()))  # every rank starts from rank 0's weights
+    distributed.average_gradients([m.opt_g, m.opt_d])
 
     step_fn = family.step(cfg, m, device, step)
     metrics: dict[str, float] = {}
@@ -202,7 +254,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
     def select(step: int) -> float:
         """Judge the shipped weights now; keep them if they beat the best so far (ties: the later step)."""
         nonlocal best
-        score = prompt_accuracy(*m.shipped(), m.spec, prompts, device, cfg.seed)
+        with _rank0_work(world):
+            score = prompt_accuracy(*m.shipped(), m.spec, prompts, device, cfg.seed)
         if not best or score >= best["score"]:
             best = {"step": step, "score": score, "weights": _snapshot(m.shipped())}
         return score
@@ -211,7 +264,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
         loader = make_loader(data_dir, cfg.batch_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
                              seed=cfg.seed * 7_919 + step,
                              color_dropout=cfg.color_dropout if models.family(cfg.model).prompt_dropout else 0.0,
-                             pin_memory=device.type == "cuda")
+                             pin_memory=device.type == "cuda", rank=world.rank, world_size=world.world_size)
         batches: Iterator[dict[str, Any]] = iter(loader)
         work, per_step = family.batches(batches, cfg, info.frames)  # what a step eats; clips per step
         t_log, n_log = time.perf_counter(), 0
@@ -222,7 +275,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
             out_of_time = cfg.max_seconds > 0 and time.perf_counter() - t_start > cfg.max_seconds
             done = step >= cfg.max_steps or out_of_time
             if step % cfg.log_every == 0 or done:
-                metrics = {k: float(v) for k, v in losses.items()}  # the only device sync
+                metrics = distributed.mean_over_ranks({k: float(v) for k, v in losses.items()})  # the only device sync
                 if not all(np.isfinite(v) for v in metrics.values()):
                     raise FloatingPointError(f"non-finite losses at step {step}: {metrics}; the last checkpoint "
                                              f"(step {last_saved}) is intact")
@@ -233,16 +286,16 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
                 if hooks.on_metrics:
                     hooks.on_metrics(step, metrics)
                 t_log, n_log = time.perf_counter(), 0
-            if cfg.select_every and (step % cfg.select_every == 0 or done):
+            if cfg.select_every and (step % cfg.select_every == 0 or done) and world.main:
                 t_sel = time.perf_counter()
                 score = select(step)
                 if hooks.on_metrics:
                     hooks.on_metrics(step, {"select_train_all3": score})
                 t_log += time.perf_counter() - t_sel  # the judge's second is not training throughput
-            if step % cfg.sample_every == 0 or done:
-                if hooks.on_sample:
+            if (step % cfg.sample_every == 0 or done) and hooks.on_sample:
+                with _rank0_work(world):
                     hooks.on_sample(step, sample_grid(*m.shipped(), device, cfg.seed))
-            if step % cfg.ckpt_every == 0 or done:
+            if (step % cfg.ckpt_every == 0 or done) and world.main:
                 save_checkpoint(ckpt_path, step, cfg, info, m, best)
                 last_saved = step
                 if hooks.on_checkpoint:
@@ -250,8 +303,12 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
             if done:
                 break
         del work, batches, loader  # stops the workers (the stream is endless: the loop always ends judged, at `done`)
-    elif cfg.select_every and best.get("step", -1) < step:
+    elif cfg.select_every and best.get("step", -1) < step and world.main:
         select(step)  # resumed with nothing left to train, from a checkpoint whose step was never judged
+    export_dir = out_dir / "export"
+    if not world.main:  # rank 0 writes the checkpoint and the export; the others return once it has
+        distributed.barrier()
+        return TrainResult(step, ckpt_path, export_dir, metrics, resumed_from, best.get("step"), best.get("score"))
     if last_saved != step or not ckpt_path.is_file():
         save_checkpoint(ckpt_path, step, cfg, info, m, best)
     shipped = m.shipped()
@@ -259,6 +316,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
         shipped = tuple(copy.deepcopy(mod) for mod in shipped)
         for mod, name in zip(shipped, ("generator", "text_encoder")):
             mod.load_state_dict(best["weights"][name])
-    export_dir = export_generator(*shipped, m.spec, out_dir / "export")
+    export_generator(*shipped, m.spec, export_dir)
+    distributed.barrier()
     return TrainResult(step, ckpt_path, export_dir, metrics, resumed_from,
                        best.get("step"), best.get("score"))

@@ -25,6 +25,7 @@ from prefect.states import State
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 from prefect.tasks import Task
 
+from tasks import results
 from t2v import dataset, vocab
 from t2v.render import ClipSpec, renderer_version
 from t2v.shards import DataParams, ShardInfo, ShardSpec, plan, verify_shard, write_shard
@@ -41,8 +42,9 @@ def shard_from_dict(d: Mapping[str, Any]) -> ShardSpec:
     return ShardSpec(d["path"], d["motion"], d["split"], tuple(ClipSpec(**c) for c in d["clips"]))
 
 
-@task(name="render-shard", task_run_name="render {shard[path]}", cache_policy=(INPUTS - "root") + TASK_SOURCE,
-      persist_result=True, retries=1)
+@task(name="render-shard", task_run_name="render {shard[path]}",
+      cache_policy=results.json_records_only((INPUTS - "root") + TASK_SOURCE), persist_result=True,
+      result_serializer=results.SERIALIZER, retries=1)
 def render_shard(root: str, shard: dict[str, Any], renderer: str, writer: str, motion_spec: str) -> dict[str, Any]:
     """Render and atomically publish one shard; returns its ShardInfo as a dict.
 
@@ -66,13 +68,23 @@ def render_task(root: Path, refresh: bool = False) -> Task:
 
 
 @task(name="verify-shards", cache_policy=NO_CACHE, persist_result=False)
-def verify_shards(root: str, infos: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Re-read every shard (exists, sha256, sample count, every clip decodes); {path: problems} of bad ones."""
+def verify_shards(root: str, infos: dict[str, Any]) -> dict[str, list[str]]:
+    """Re-read every shard (exists, sha256, sample count, every clip decodes); {path: problems} of bad ones.
+
+    `infos` maps each planned shard path to what its task returned (a cache record, maybe): one that
+    is not that shard's info is a problem too, so the shard is rendered again."""
     bad = {}
-    for info in infos:
-        problems = verify_shard(Path(root), ShardInfo(**info))
+    for path, info in infos.items():
+        try:
+            shard = ShardInfo(**info)
+        except TypeError:
+            shard = None
+        if shard is None or shard.path != path:
+            bad[path] = [f"{path}: its cached result is not this shard's info; rendering it again"]
+            continue
+        problems = verify_shard(Path(root), shard)
         if problems:
-            bad[info["path"]] = problems
+            bad[path] = problems
     logger = get_run_logger()
     logger.info("verified %d shards: %d sound, %d bad", len(infos), len(infos) - len(bad), len(bad))
     for problems in bad.values():

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from registry import versions
 from registry.evaluation import EVAL_DIR, EvalRequest
+from tasks import results
 from t2v import diversity, featnet
 from t2v import evaluate as ev
 from t2v.io import safe_name
@@ -74,7 +75,8 @@ def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
 
 
 @task(name="evaluate-model", task_run_name="evaluate {model[name]} v{model[version]}",
-      cache_policy=(INPUTS - "data_dir" - "progress") + TASK_SOURCE, persist_result=True, retries=1, retry_delay_seconds=2,
+      cache_policy=results.json_records_only((INPUTS - "data_dir" - "progress") + TASK_SOURCE), persist_result=True,
+      result_serializer=results.SERIALIZER, retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retryable)
 def evaluate_model(model: dict[str, str], data_dir: str, manifest_checksum: str, config: dict[str, Any],
                    prompts: dict[str, Any], featnet_dir: str, featnet_key: str, code_version: str,

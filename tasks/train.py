@@ -14,12 +14,13 @@ production run needs around them:
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -28,8 +29,9 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 
 from registry import tracking, versions
+from tasks import results
 from t2v import config as t2v_config
-from t2v import dataset
+from t2v import dataset, distributed
 from t2v import train as t2v_train
 
 RESULTS_DIR = ".cache/prefect-results"  # under the output dir: the cache lives and dies with the checkpoint
@@ -43,7 +45,8 @@ def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
 
 
 class _RunLogger:
-    """The TrainHooks of one training: metrics, sample grids and checkpoints to MLflow and Prefect.
+    """The TrainHooks of one training: `registry.tracking.RunHooks` (metrics, sample grids and
+    checkpoints to MLflow) plus Prefect's progress artifact, a log line per checkpoint and a bar.
 
     Per-step metrics go to MLflow and to `<run dir>/train.log`, not to the terminal, where the
     progress bar and the Prefect artifact show how far training got."""
@@ -52,17 +55,14 @@ class _RunLogger:
                  reached: dict[str, int | None], log_file: Path) -> None:
         from tqdm import tqdm
 
-        self.run_id, self.client, self.max_steps, self.log_file = run_id, client, max_steps, log_file
-        self.reached = reached  # {"step", "checkpoint"}: where training got, for the unreachable-store message
+        self.run = tracking.RunHooks(client, run_id, log_file, reached)
+        self.max_steps = max_steps
         self.logger = get_run_logger()
         self.artifact = create_progress_artifact(0.0, description=f"training: 0 / {max_steps} steps")
         self.bar = tqdm(total=max_steps, desc="train", unit="step", disable=not progress, file=sys.stderr)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.reached["step"] = step
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
-        with open(self.log_file, "a") as f:
-            f.write(f"step {step}: {', '.join(f'{k} {v:.4g}' for k, v in metrics.items())}\n")
+        self.run.on_metrics(step, metrics)
         if "loss_d" not in metrics:  # a checkpoint-selection score: no progress to report
             return
         pct = min(100.0, 100.0 * step / self.max_steps)
@@ -73,16 +73,12 @@ class _RunLogger:
         self.bar.set_postfix(loss_d=f"{metrics.get('loss_d', 0.0):.3f}", loss_g=f"{metrics.get('loss_g', 0.0):.3f}")
         self.bar.refresh()
 
-    def on_sample(self, step: int, grid: np.ndarray) -> None:
-        mlflow.log_image(np.ascontiguousarray(grid, dtype=np.uint8), key="samples", step=step, synchronous=True)
-
     def on_checkpoint(self, step: int, path: Path) -> None:
-        self.reached["checkpoint"] = step
-        self.client.set_tag(self.run_id, tracking.CHECKPOINT_TAG, str(step))
+        self.run.on_checkpoint(step, path)
         self.logger.info("checkpoint at step %d: %s", step, path)
 
     def hooks(self) -> t2v_train.TrainHooks:
-        return t2v_train.TrainHooks(on_metrics=self.on_metrics, on_sample=self.on_sample,
+        return t2v_train.TrainHooks(on_metrics=self.on_metrics, on_sample=self.run.on_sample,
                                     on_checkpoint=self.on_checkpoint)
 
     def done(self, step: int) -> None:
@@ -102,15 +98,19 @@ def _summary_markdown(r: Mapping[str, Any]) -> str:
 
 
 @task(name="train", task_run_name="train {config[model]} ({config[profile]})",
-      cache_policy=(INPUTS - "data_dir" - "progress") + TASK_SOURCE, persist_result=True,
+      cache_policy=results.json_records_only((INPUTS - "data_dir" - "progress" - "launch") + TASK_SOURCE),
+      persist_result=True, result_serializer=results.SERIALIZER,
       retries=2, retry_delay_seconds=2, retry_condition_fn=_retryable)
 def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_checksum: str, code_version: str,
                 tracking_uri: str, experiment: str = tracking.DEFAULT_EXPERIMENT,
-                registered_model: str = versions.REGISTERED_MODEL, progress: bool = False) -> dict[str, Any]:
+                registered_model: str = versions.REGISTERED_MODEL, progress: bool = False,
+                launch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) into `out_dir`, log it to MLflow and register the EMA generator.
 
     `data_dir` is left out of the cache key (the manifest checksum names the data); `progress` only
-    draws a terminal bar. Returns ids, paths and final metrics, never arrays.
+    draws a terminal bar; `launch` ({nproc_per_node, nnodes, rdzv_endpoint}) says how the config's
+    `world_size` ranks start (the world size itself is in the key). Returns ids, paths and final
+    metrics, never arrays.
     """
     from prefect.runtime import flow_run, task_run
 
@@ -135,27 +135,37 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
         if cfg.max_seconds > 0:
             logger.warning("max_seconds=%g caps this run by wall clock: its step count (and model) depends on this "
                            "machine's speed; the run is tagged reproducible=false", cfg.max_seconds)
+        in_world = distributed.from_env().world_size == cfg.world_size > 1  # this process is a torchrun rank 0
+        spawn = cfg.world_size > 1 and not in_world  # the ranks run in child processes: rank 0 monitors the system
         system_metrics = tracking.system_metrics_available()
         if not system_metrics:
             logger.warning("psutil is not installed: MLflow system metrics are off for this run")
 
         with mlflow.start_run(run_id=run_id, experiment_id=t.experiment_id, run_name=f"{cfg.model}-{cfg.profile}",
-                              tags=run_tags, log_system_metrics=system_metrics) as run:
+                              tags=run_tags, log_system_metrics=system_metrics and not spawn) as run:
             run_id = run.info.run_id
             tracking.write_run_record(out, {"run_id": run_id, "tracking_uri": t.tracking_uri,
                                             "experiment_id": t.experiment_id, "training_key": key,
                                             "manifest_checksum": manifest_checksum})
             changed = tracking.log_params_once(t.client(), run_id, {
-                **tracking.flatten_params(cfg.to_dict()), "data.frames": str(frames), "data.size": str(size)})
+                **tracking.flatten_params(cfg.to_dict()), "data.frames": str(frames), "data.size": str(size),
+                "global_batch": str(cfg.batch_size * cfg.world_size)})
             logger.info("MLflow run %s (%s)%s", run_id, tracking.run_link(t, run_id),
                         f"; changed on resume: {changed}" if changed else "")
 
-            hooks = _RunLogger(run_id, t.client(), cfg.max_steps, progress, reached, out / "train.log")
-            try:
-                result = t2v_train.train(cfg, Path(data_dir), out, hooks.hooks())
-            finally:
-                hooks.bar.close()
-            hooks.done(result.step)
+            if spawn:
+                result = _train_ranks(cfg, Path(data_dir), out, run_id, t.tracking_uri, launch or {}, progress)
+            else:
+                hooks = _RunLogger(run_id, t.client(), cfg.max_steps, progress, reached, out / "train.log")
+                world = (distributed.init(cfg.world_size, t2v_train.resolve_device(cfg.device, distributed.from_env().local_rank))
+                         if in_world else None)
+                try:
+                    result = t2v_train.train(cfg, Path(data_dir), out, hooks.hooks())
+                finally:
+                    hooks.bar.close()
+                    if world is not None:
+                        distributed.shutdown()
+                hooks.done(result.step)
             if result.resumed_from is not None:
                 mlflow.set_tag("resumed_from_step", str(result.resumed_from))
             if result.selected_step is not None:  # which EMA weights were exported, and their train-prompt score
@@ -191,13 +201,35 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
     return summary
 
 
+class RanksFailedError(RuntimeError):
+    """A torchrun rank failed: the others were stopped; the checkpoint holds what was trained (a retry resumes)."""
+
+
+def _train_ranks(cfg: t2v_config.TrainConfig, data_dir: Path, out: Path, run_id: str, tracking_uri: str,
+                 launch: Mapping[str, Any], progress: bool) -> t2v_train.TrainResult:
+    """Train with `cfg.world_size` ranks started by torchrun (`cli.rank`); rank 0 logs to `run_id`.
+    Their output goes to the terminal and the Prefect log stays short."""
+    args = ["cli.rank", "--data", str(data_dir), "--out", str(out), "--config", json.dumps(cfg.to_dict()),
+            "--run-id", run_id, "--tracking-uri", tracking_uri, *(["--progress"] if progress else [])]
+    nproc = int(launch.get("nproc_per_node", cfg.world_size))
+    cmd = distributed.launch_command(args, nproc, int(launch.get("nnodes", 1)), 0, launch.get("rdzv_endpoint"),
+                                     python=sys.executable)
+    (out / t2v_train.RESULT_NAME).unlink(missing_ok=True)
+    get_run_logger().info("starting %d ranks (%d on this node): %s", cfg.world_size, nproc, " ".join(cmd[:6]))
+    rc = subprocess.run(cmd).returncode
+    if rc != 0 or not (out / t2v_train.RESULT_NAME).is_file():
+        raise RanksFailedError(f"torchrun exited with status {rc}: a rank failed and the others were stopped (their "
+                               f"output is above); the last checkpoint in {out} is kept, and a rerun resumes from it")
+    return t2v_train.load_result(out)
+
+
 def train_inputs(req: t2v_config.TrainRequest, registered_model: str = versions.REGISTERED_MODEL,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, launch: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Parameters of `train_model` for a request: its cache key is everything but the data path and the bar."""
     return {"data_dir": str(req.data_dir), "out_dir": str(req.out_dir), "config": req.config.to_dict(),
             "manifest_checksum": req.manifest_checksum, "code_version": t2v_config.model_code_version(req.config.model),
             "tracking_uri": tracking.tracking_uri(), "experiment": req.experiment,
-            "registered_model": registered_model, "progress": progress}
+            "registered_model": registered_model, "progress": progress, "launch": dict(launch or {})}
 
 
 def train_task(out_dir: str | Path, refresh: bool = False) -> Task:

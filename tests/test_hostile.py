@@ -474,3 +474,46 @@ def test_mlflow_auth_app_refuses_anonymous_callers_and_accepts_the_generated_adm
         assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (stack.MLFLOW_ADMIN, password)
     finally:
         stack.stop(cfg, "mlflow")
+
+
+# ----------------------------------------------------------------------------- 6. cached task results
+
+class _Witness:
+    """Unpickling this creates a file: what a forged pickle result record would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_forged_and_mangled_result_records_are_cache_misses_never_unpickled(
+        t2v_cli: Callable, tmp_path: Path, prefect_api: str) -> None:
+    from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+
+    d = tmp_path / "d"
+    first = t2v_cli("data", "--out", str(d), *DATA_ARGS, env={"PREFECT_API_URL": prefect_api})
+    assert first.returncode == 0, first.stderr
+    records = sorted(p for p in (d / ".cache" / "prefect-results").iterdir() if p.is_file())
+    assert len(records) >= 2
+    for r in records:  # what the pipeline writes: plain JSON naming the json serializer
+        import json
+        assert json.loads(r.read_bytes())["metadata"]["serializer"]["type"] == "json"
+
+    witness = tmp_path / "pickle-ran"
+    forged = ResultRecord(metadata=ResultRecordMetadata(serializer=PickleSerializer(picklelib="pickle"),
+                                                        storage_key=str(records[0])),
+                          result=_Witness(str(witness)))
+    records[0].write_bytes(forged.serialize())
+    records[1].write_bytes(records[1].read_bytes()[:40])  # truncated
+    again = t2v_cli("data", "--out", str(d), *DATA_ARGS, env={"PREFECT_API_URL": prefect_api})
+    assert again.returncode == 0, again.stderr
+    assert not witness.exists()
+    n = len(records)
+    assert f"{n} shards: 2 rendered, {n - 2} cached" in again.stdout
+    assert sorted(p.name for p in records[0].parent.glob("*.refused")) == sorted(
+        p.name + ".refused" for p in records[:2])
+    third = t2v_cli("data", "--out", str(d), *DATA_ARGS, env={"PREFECT_API_URL": prefect_api})  # the rewritten records are good cache hits
+    assert f"{n} shards: 0 rendered, {n} cached" in third.stdout

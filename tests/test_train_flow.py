@@ -175,7 +175,7 @@ def test_bad_input_fails_before_any_work(prefect_api: str, mlflow_store: str, da
         check_train_request(data_dir, profile="laptop")
     with pytest.raises(ValueError, match=r"unknown config field\(s\) learning_rate; valid fields: .*lr_g"):
         check_train_request(data_dir, overrides={"learning_rate": 1})
-    with pytest.raises(ValueError, match="own parameter"):
+    with pytest.raises(ValueError, match="set model with --model, not as an override"):
         check_train_request(data_dir, overrides={"model": "baseline"})
 
     n_runs = len(MlflowClient(mlflow_store).search_runs(

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from t2v import text
+from t2v import distributed, text
 from t2v.config import TrainConfig
 from t2v.loader import to_model
 from t2v.models import GeneratorSpec
@@ -116,7 +116,7 @@ class FrameCritic(nn.Module):
 
     def forward(self, clip: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         B, C, T = clip.shape[:3]
-        idx = torch.randint(0, T, (B, self.k), device=clip.device)  # (B, K)
+        idx = distributed.randint(T, B, self.k, device=clip.device)  # (B, K)
         frames = clip.transpose(1, 2)[torch.arange(B, device=clip.device).unsqueeze(1), idx]  # (B, K, 3, H, W)
         h = self.net(frames.flatten(0, 1))  # (B*K, F)
         return self.head(h, ids.repeat_interleave(self.k, 0))
@@ -182,7 +182,7 @@ class PixelStep:
         x = to_model(batch["clips"], dev)  # (B, 3, T, H, W)
         ids = batch["ids"].to(dev, non_blocking=True)  # (B, L)
         B = x.shape[0]
-        z = m.generator.sample_noise(B).to(dev)  # from the seeded CPU generator, the same on any device
+        z = distributed.rank_rows(m.generator.sample_noise, B).to(dev)  # seeded CPU draw, the same on any device
         ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
 
         # (1) update D

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.profiler import record_function
 
-from t2v import text, vocab
+from t2v import distributed, text, vocab
 from t2v.config import TrainConfig
 from t2v.loader import to_model
 from t2v.models import GeneratorSpec
@@ -513,9 +513,9 @@ class VideoStep:
         ids = batch["ids"].to(dev, non_blocking=True)  # (B, L)
         B, T, K = x.shape[0], x.shape[2], cfg.frame_samples
         D: VideoDiscriminators = m.discriminator
-        z = torch.randn(B, cfg.z_dim, device=dev)
-        z2 = torch.randn(B, cfg.z_dim, device=dev) if cfg.pair_weight > 0 else None  # a second sample per prompt (pair critic)
-        fidx = torch.randint(0, T, (B, K), device=dev)
+        z = distributed.randn(B, cfg.z_dim, device=dev)  # this rank's rows of the global batch's noise
+        z2 = distributed.randn(B, cfg.z_dim, device=dev) if cfg.pair_weight > 0 else None  # a second sample per prompt (pair critic)
+        fidx = distributed.randint(T, B, K, device=dev)
         real_crops = crop_real(x, fidx, centre[..., 0], centre[..., 1], D.crop)[0]  # (B, 3, K, c, c)
         real_clip = F.avg_pool3d(x, (1, x.shape[-1] // D.res, x.shape[-1] // D.res))  # (B, 3, T, r, r)
         # a real clip under another clip's prompt is a negative where that prompt is wrong for what the critic sees
