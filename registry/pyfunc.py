@@ -1,13 +1,17 @@
 """The shipped generator as an MLflow pyfunc model, and logging + registering it.
 
 Contract: `mlflow.pyfunc.load_model(uri).predict(prompts, params={"seed": 0})`, where `prompts` is a
-list of strings or a DataFrame with a `prompt` column, returns uint8 clips (N, T, H, W, 3). The model
-carries the sampler's export directory as an artifact and loads it with `t2v.sampler.load_generator`,
-so serving needs the project installed and nothing from the checkout or its `data/`.
+list of strings or a DataFrame with a `prompt` column, returns uint8 clips (N, T, H, W, 3). A version
+holds the sampler's export directory (weights as plain tensors) and names this module as its
+`loader_module`: loading it imports `registry.pyfunc` from the installed package and reads the
+weights with `weights_only=True`, so nothing from the store is unpickled or executed. Serving needs
+the project installed and nothing from the checkout or its `data/`.
 
 The input schema is one unnamed string column: MLflow then accepts both a plain list of prompts and
-a DataFrame (a named `prompt` column would reject lists). The wrapper is pickled by reference to this
-module, which is part of the installed package.
+a DataFrame (a named `prompt` column would reject lists). `GeneratorModel` is the cloudpickled
+wrapper of versions registered before the loader module; it stays so that those still load with
+`mlflow.pyfunc.load_model`, but the pipeline itself reads them through their weights only
+(`registry.versions.load_registered`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorS
 
 from registry import REGISTERED_MODEL, tracking
 
-ARTIFACT_KEY = "generator"  # the export directory inside the model's artifacts
+ARTIFACT_KEY = "generator"  # the export directory inside the artifacts of a cloudpickled (older) version
+LOADER_MODULE = __name__  # what a version's MLmodel names as its loader: this module, from the installed package
 MODEL_NAME = "generator"  # the logged model's name within its run
 INPUT_EXAMPLE = ["red circle moving up-right"]  # shown by `mlflow models serve` and the registry page
 DEVICE_ENV = "T2V_DEVICE"  # serving device override ("cpu", "cuda", "cuda:1"); default: cuda when available
@@ -50,25 +55,44 @@ def prompts_of(model_input: Any) -> list[str]:
                     f"got {type(model_input).__name__}")
 
 
+class GeneratorPyfunc:
+    """What `mlflow.pyfunc.load_model` wraps for a version of this pipeline (built by `_load_pyfunc`)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Clips for the prompts, deterministic per `seed`. # (N, T, H, W, 3) uint8
+
+        The signature makes pyfunc hand over a DataFrame whether the caller passed a list or a frame."""
+        seed = int((params or {}).get("seed", 0))
+        return self.sampler.generate(prompts_of(model_input), seed=seed)
+
+
+def serving_device() -> str:
+    import torch
+
+    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_pyfunc(data_path: str) -> GeneratorPyfunc:
+    """MLflow's loader-module entry point: `data_path` is the version's copy of the export directory."""
+    from t2v.sampler import load_generator
+
+    return GeneratorPyfunc(load_generator(Path(data_path), serving_device()))
+
+
 class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """Pyfunc wrapper around `t2v.sampler.Sampler`; holds no state until `load_context`."""
+    """The cloudpickled wrapper of versions registered before `LOADER_MODULE`; never logged any more."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        import torch
-
         from t2v.sampler import load_generator
 
-        device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.sampler = load_generator(Path(context.artifacts[ARTIFACT_KEY]), device)
+        self.sampler = load_generator(Path(context.artifacts[ARTIFACT_KEY]), serving_device())
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> np.ndarray:
-        """Clips for the prompts, deterministic per `seed`. # (N, T, H, W, 3) uint8
-
-        The signature makes pyfunc hand over a DataFrame whether the caller passed a list or a frame
-        (the DataFrame hint also keeps MLflow from attempting type-hint validation of its own)."""
-        seed = int((params or {}).get("seed", 0))
-        return self.sampler.generate(prompts_of(model_input), seed=seed)
+        return GeneratorPyfunc(self.sampler).predict(model_input, params)
 
 
 def signature(frames: int, size: int) -> ModelSignature:
@@ -94,11 +118,12 @@ def requirements() -> list[str]:
 def log_generator(export_dir: Path, frames: int, size: int, registered_model: str | None = REGISTERED_MODEL,
                   metadata: dict[str, Any] | None = None) -> ModelInfo:
     """Log `export_dir` (a `t2v.sampler` export) as a pyfunc model in the active run and, when
-    `registered_model` is given, register it as a new version of that model."""
+    `registered_model` is given, register it as a new version of that model. The model is the export
+    copied as data plus the name of this module: no pickle."""
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME,
-        python_model=GeneratorModel(),
-        artifacts={ARTIFACT_KEY: str(export_dir)},
+        loader_module=LOADER_MODULE,
+        data_path=str(export_dir),
         signature=signature(frames, size),
         input_example=INPUT_EXAMPLE,
         pip_requirements=requirements(),

@@ -86,15 +86,43 @@ def current_champion(client: MlflowClient, name: str) -> ModelRef | None:
     return ModelRef(mv.name, str(mv.version), mv.run_id)
 
 
+def runs_only_installed_code(flavor: Mapping[str, Any]) -> bool:
+    """Whether loading a pyfunc flavour executes nothing from the store: its loader is an installed
+    module outside MLflow (MLflow's own loaders unpickle: cloudpickled wrappers, models-from-code
+    files, pickled estimators) and it names no code directories to put on `sys.path`."""
+    loader = str(flavor.get("loader_module") or "")
+    return bool(loader) and not loader.startswith("mlflow.") and not flavor.get("code")
+
+
 def load_registered(uri: str, tracking_uri: str | None = None) -> GenerateFn:
-    """A registered generator as `generate(prompts, seed) -> uint8 clips`, through its pyfunc flavour."""
+    """A registered generator as `generate(prompts, seed) -> uint8 clips`.
+
+    A version whose loading runs only installed code (this pipeline's versions name `registry.pyfunc`)
+    loads through its pyfunc flavour, the contract users get. Any other version, such as one registered
+    before the loader module with a cloudpickled wrapper, or a forged one, is read through its export's
+    weights alone: its pickle is never loaded, its code never imported."""
     mlflow.set_tracking_uri(tracking_uri or tracking.tracking_uri())
-    model = mlflow.pyfunc.load_model(uri)
+    if runs_only_installed_code(mlflow.models.get_model_info(uri).flavors.get("python_function", {})):
+        model = mlflow.pyfunc.load_model(uri)
 
-    def generate(prompts: list[str], seed: int) -> np.ndarray:
-        return np.asarray(model.predict(list(prompts), params={"seed": int(seed)}))
+        def generate(prompts: list[str], seed: int) -> np.ndarray:
+            return np.asarray(model.predict(list(prompts), params={"seed": int(seed)}))
 
-    return generate
+        return generate
+    from t2v.sampler import load_generator
+
+    with tempfile.TemporaryDirectory() as dl:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dl))
+        sampler = load_generator(_export_in(local, uri), pyfunc.serving_device())
+    return lambda prompts, seed: sampler.generate(list(prompts), seed=int(seed))
+
+
+def _export_in(local: Path, what: str) -> Path:
+    """The `t2v.sampler` export inside a downloaded model (MLflow names its folder after the export dir)."""
+    found = sorted(p.parent for p in local.rglob("generator.pt") if p.is_file() and not p.is_symlink())
+    if not found:
+        raise FileNotFoundError(f"{what} holds no generator export (no generator.pt)")
+    return found[0]
 
 
 def _existing_version(client: mlflow.MlflowClient, name: str, run_id: str, step: int) -> Any | None:
@@ -158,8 +186,5 @@ def download_export(client: MlflowClient, name: str, version: str, dest: Path) -
         with tempfile.TemporaryDirectory() as dl, atomic_dir(dest) as tmp:
             local = Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{name}/{version}", dst_path=dl, tracking_uri=client.tracking_uri))
-            found = sorted((local / "artifacts").rglob("generator.pt"))  # MLflow names the folder after the export dir
-            if not found:
-                raise FileNotFoundError(f"{name} version {version} holds no generator export")
-            shutil.copytree(found[0].parent, tmp, dirs_exist_ok=True)
+            shutil.copytree(_export_in(local, f"{name} version {version}"), tmp, dirs_exist_ok=True)
     return dest

@@ -517,3 +517,49 @@ def test_forged_and_mangled_result_records_are_cache_misses_never_unpickled(
         p.name + ".refused" for p in records[:2])
     third = t2v_cli("data", "--out", str(d), *DATA_ARGS, env={"PREFECT_API_URL": prefect_api})  # the rewritten records are good cache hits
     assert f"{n} shards: 0 rendered, {n} cached" in third.stdout
+
+
+# ----------------------------------------------------------------------------- 7. registered versions
+
+def test_registered_versions_hold_no_pickle_and_a_forged_one_runs_no_code(tmp_path: Path, mlflow_store: str) -> None:
+    """A version is the export's tensors plus the name of `registry.pyfunc`; a version someone else
+    registered with a pickled wrapper (the witness runs when it is unpickled) is read through its
+    weights alone by the pipeline, which samples exactly what the sampler does."""
+    import mlflow
+    import numpy as np
+    import yaml
+
+    from registry import pyfunc, tracking, versions
+    from t2v.models import GeneratorSpec, build_generator
+    from t2v.sampler import export_generator, load_generator
+
+    spec = GeneratorSpec("video", 8, 32)
+    export = export_generator(*build_generator(spec), spec, tmp_path / "export")
+    expected = load_generator(export).generate(["red circle moving up"], seed=3)
+    t = tracking.configure("pickle-free", mlflow_store)
+    witness = tmp_path / "pickle-ran"
+
+    class Forged(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+        def __reduce__(self):  # unpickling this creates the witness file
+            return (open, (str(witness), "w"))
+
+    with mlflow.start_run(experiment_id=t.experiment_id):
+        ours = pyfunc.log_generator(export, 8, 32, registered_model="pickle-free")
+        forged = mlflow.pyfunc.log_model(name="forged", python_model=Forged(),
+                                         artifacts={pyfunc.ARTIFACT_KEY: str(export)},
+                                         pip_requirements=["mlflow"], registered_model_name="pickle-free")
+    witness.unlink(missing_ok=True)  # whatever MLflow itself did while logging
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/pickle-free/{ours.registered_model_version}",
+                                                     dst_path=str(tmp_path / "dl")))
+    conf = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert conf["loader_module"] == "registry.pyfunc"
+    assert not [p.name for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    assert "cloudpickle" not in (local / "MLmodel").read_text()
+
+    for version in (ours.registered_model_version, forged.registered_model_version):
+        generate = versions.load_registered(f"models:/pickle-free/{version}", mlflow_store)
+        assert np.array_equal(generate(["red circle moving up"], 3), expected)
+    assert not witness.exists()

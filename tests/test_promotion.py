@@ -2,22 +2,19 @@
 evaluated becomes champion, a better one takes over, a worse one does not; evaluations are logged to
 the training runs; `t2v generate` writes decodable GIF/MP4 files from the champion.
 
-The generators are tiny pyfunc models with a known quality: ground-truth clips (the best possible)
-and the same clips with their first frame held (right colour and shape, no motion at all)."""
+The generators are tiny pyfunc models with a known quality (`tests/rendered_model.py`, a loader
+module: nothing pickled): ground-truth clips (the best possible) and the same clips with their first
+frame held (right colour and shape, no motion at all)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import cloudpickle
 import imageio.v3 as iio
 import mlflow
-import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -29,23 +26,6 @@ PARAMS = DataParams(motions=("moving up", "moving up-right"), clips_per_combo=6,
 EVAL = {"samples": 2, "seen_prompts": 3}
 
 
-class RenderedModel(mlflow.pyfunc.PythonModel):
-    """Real clips for the prompts (`frozen`: their first frame held), deterministic per seed."""
-
-    def __init__(self, frozen: bool) -> None:
-        self.frozen = frozen
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        from t2v.evaluate import render_reference
-
-        seed = int((params or {}).get("seed", 0))
-        clips = render_reference(pyfunc.prompts_of(model_input), PARAMS.frames, PARAMS.size, 500 + seed)[0]
-        return np.repeat(clips[:, :1], PARAMS.frames, axis=1) if self.frozen else clips
-
-
-cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the model loads in any process, test module or not
-
-
 @pytest.fixture(scope="module")
 def store(tiny_dataset: Callable[..., Path], mlflow_store: str) -> dict[str, Any]:
     exp = tracking.configure("promotion-test", mlflow_store).experiment_id  # artifacts beside the store, not in ./mlruns
@@ -53,9 +33,14 @@ def store(tiny_dataset: Callable[..., Path], mlflow_store: str) -> dict[str, Any
 
 
 def register(store: dict[str, Any], frozen: bool) -> str:
+    import tempfile
+
     mlflow.set_tracking_uri(store["uri"])
-    with mlflow.start_run(experiment_id=store["experiment"]):
-        info = mlflow.pyfunc.log_model(name="generator", python_model=RenderedModel(frozen),
+    with mlflow.start_run(experiment_id=store["experiment"]), tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "rendered"
+        data.mkdir()
+        (data / "model.json").write_text(json.dumps({"frozen": frozen, "frames": PARAMS.frames, "size": PARAMS.size}))
+        info = mlflow.pyfunc.log_model(name="generator", loader_module="tests.rendered_model", data_path=str(data),
                                        signature=pyfunc.signature(PARAMS.frames, PARAMS.size),
                                        pip_requirements=["mlflow"], registered_model_name=NAME)
     return str(info.registered_model_version)
