@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_TELEMETRY_ENABLED ?= false
 
-.PHONY: install test demo bench reference up down status clean
+.PHONY: install test demo bench reference up down status deploy clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ down:
 
 status:
 	$(BIN)/python -m deployments.stack status $(STACK_ARGS)
+
+# Multi-machine path (prefect.yaml): register the three deployments on the `t2v` process work pool of the Prefect
+# server in PREFECT_API_URL; then `prefect worker start --pool t2v` on every machine that runs flows.
+deploy: install
+	@$(BIN)/prefect work-pool inspect t2v >/dev/null 2>&1 || $(BIN)/prefect work-pool create t2v --type process
+	$(BIN)/prefect --no-prompt deploy --all
 
 clean: down
 	rm -rf $(VENV)
