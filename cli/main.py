@@ -136,6 +136,7 @@ def add_data(sub: argparse._SubParsersAction) -> None:
 
 def run_data(args: argparse.Namespace) -> int:
     from t2v import dataset, vocab
+    from t2v.io import check_unlocked
     from t2v.shards import DataParams
 
     d = DataParams()
@@ -153,6 +154,7 @@ def run_data(args: argparse.Namespace) -> int:
             dataset.check_dask_address(args.dask_address)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    check_unlocked(Path(args.out) / dataset.LOCK, f"dataset {Path(args.out).resolve()}")  # before Prefect starts
 
     from flows.data import data_stage
 

@@ -39,6 +39,7 @@ MANIFEST = "manifest.parquet"
 SHARDS_TABLE = "shards.parquet"
 DATASET_JSON = "dataset.json"
 MARKER = ".t2v-dataset"  # claims a root for the pipeline before its first shard is written
+LOCK = ".t2v-data.lock"  # held by the one run writing the root (`t2v.io.exclusive_lock`)
 FORMAT = 1  # bump when the layout of the files above changes
 SAMPLE_KEYS = ("clip.png", "prompt.txt", "meta.json")  # what `shards.encode_sample` writes: the contract
 FILE_COUNT_CAP = 10_000

@@ -8,6 +8,7 @@ evaluation's or the featnet classifier's.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import os
@@ -40,6 +41,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"no space left to write {path} ({len(data):,} bytes): "
+                                   f"{shutil.disk_usage(path.parent).free:,} bytes free on its filesystem; "
+                                   f"free some space and rerun") from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -90,3 +97,77 @@ def source_hash(*parts: ModuleType | str | bytes) -> str:
 def safe_name(text: str) -> str:
     """Lower-case letters, digits and dashes: a file name (or a Prefect artifact key) from any text."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+class BusyError(RuntimeError):
+    """Another live process holds the lock: the message names it (pid, host, since when)."""
+
+
+def _holder(fd: int) -> dict | None:
+    import json
+
+    raw = os.pread(fd, 4096, 0)
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except ValueError:
+        return {"unreadable": raw[:80].decode(errors="replace")}
+
+
+def _busy(fd: int, path: Path, what: str) -> BusyError:
+    h = _holder(fd)
+    who = f"pid {h.get('pid')} on {h.get('host')}, since {h.get('since')}" if h else "a process that wrote no details"
+    return BusyError(f"{what} is being written by another run ({who}); the lock is {path}. "
+                     f"Wait for that run to finish or stop it, then rerun")
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[dict | None]:
+    """Hold a POSIX record lock on `path` (a small JSON file naming the holder) while writing `what`.
+
+    Fails fast with BusyError when a live process holds it. The kernel drops the lock of a process
+    that dies, so a lock left by a killed run is taken over: the file still names that holder, which is
+    yielded (None when the previous holder released it, which empties the file).
+    `lockf` locks hold across NFS clients too, unlike `flock` on some kernels."""
+    import fcntl
+    import json
+    import socket
+    import time
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _busy(fd, path, what) from None
+        stale = _holder(fd)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.fsync(fd)
+        try:
+            yield stale
+        finally:
+            os.ftruncate(fd, 0)  # released (a failure too): the next holder finds nothing stale
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def check_unlocked(path: Path, what: str) -> None:
+    """BusyError if a live process holds `exclusive_lock(path)` now: a fast check before starting
+    anything (the lock itself decides). Creates nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _busy(fd, path, what) from None
+    finally:
+        os.close(fd)

@@ -245,6 +245,119 @@ def test_sigkill_of_data_takes_its_server_and_workers_with_it(tmp_path: Path) ->
     kill_and_check_nothing_survives(proc)
 
 
+def test_concurrent_data_runs_one_lock_and_a_killed_run_loses_only_its_unfinished_shards(
+        tmp_path: Path, prefect_api: str) -> None:
+    """Fault cases 1 and 4: a second `t2v data` on a dataset being written fails fast naming the
+    writer's pid; SIGKILL of the writer mid-render leaves no partial shard under a finished name and
+    a stale lock; the rerun takes the lock over, renders only the unfinished shards and verifies."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    from tests.conftest import REPO
+
+    pkg = tmp_path / "plugins"
+    pkg.mkdir()
+    hold, started = tmp_path / "hold", tmp_path / "started"
+    hold.touch()
+    (pkg / "t2v_hover_plugin.py").write_text(BLOCKING_PLUGIN.format(hold=str(hold), started=str(started)))
+    env = command_env(tmp_path, T2V_MOTION_PLUGINS="t2v_hover_plugin", PREFECT_API_URL=prefect_api)
+    env["PYTHONPATH"] = os.pathsep.join([str(pkg), env["PYTHONPATH"]])
+    d = tmp_path / "d"
+    args = ["data", "--out", str(d), "--clips-per-combo", "1", "--val-per-combo", "1", "--motions", "moving up",
+            "hovering", "--colors", "red", "--shapes", "circle", "--workers", "2", "--no-progress"]
+    log = tmp_path / "a.log"
+    writer = start_command(args, env, log)
+    records = d / ".cache" / "prefect-results"
+    wait_for(lambda: started.exists() and records.is_dir()
+             and len([p for p in records.iterdir() if p.is_file()]) >= 2, writer, log)  # moving-up done, hovering stuck
+
+    second = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 1, second.stderr
+    assert f"is being written by another run (pid {writer.pid} on " in second.stderr
+    assert str(d / dataset.LOCK) in second.stderr
+
+    kill_and_check_nothing_survives(writer)
+    visible = sorted(p for p in (d / "shards").rglob("*.tar.gz") if not p.name.startswith("."))
+    assert [p.relative_to(d).as_posix() for p in visible] == ["shards/train/moving-up-0000.tar.gz",
+                                                              "shards/val/moving-up-0000.tar.gz"]
+    for p in visible:  # finished names hold whole shards only
+        with tarfile.open(p) as tf:
+            assert len(tf.getmembers()) == 3
+    assert str(writer.pid) in (d / dataset.LOCK).read_text()  # the kill left its lock behind
+
+    hold.unlink()
+    rerun = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"took over the lock of a run that did not finish (pid {writer.pid} on " in rerun.stdout + rerun.stderr
+    assert "4 shards: 2 rendered, 2 cached" in rerun.stdout
+    for split in {i.split for i in dataset.load_shards(d)}:
+        assert dataset.shard_urls(d, split, verify=True)  # every listed shard matches its sha256
+    assert (d / dataset.LOCK).read_text() == ""  # released
+
+
+FULL_DISK_PLUGIN = '''
+"""Test hook: while FULL exists, fsync of a file under shards/ fails with ENOSPC, as on a full disk."""
+import errno
+import os
+
+FULL = {full!r}
+_fsync = os.fsync
+
+
+def fsync(fd):
+    if os.path.exists(FULL) and "/shards/" in os.readlink(f"/proc/self/fd/{{fd}}"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return _fsync(fd)
+
+
+os.fsync = fsync
+'''
+
+
+def test_a_full_disk_fails_naming_the_shard_and_free_space_and_leaves_no_partial_shard(
+        tmp_path: Path, prefect_api: str) -> None:
+    """Fault case 6, injected in every rendering process (a plugin module makes fsync fail as a full
+    filesystem would, after the bytes were written to the temporary file)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    pkg = tmp_path / "plugins"
+    pkg.mkdir()
+    full = tmp_path / "full"
+    full.touch()
+    (pkg / "t2v_full_disk.py").write_text(FULL_DISK_PLUGIN.format(full=str(full)))
+    env = command_env(tmp_path, T2V_MOTION_PLUGINS="t2v_full_disk", PREFECT_API_URL=prefect_api)
+    env["PYTHONPATH"] = os.pathsep.join([str(pkg), env["PYTHONPATH"]])
+    d = tmp_path / "d"
+
+    def data() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", "data", "--out", str(d), *DATA_ARGS], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    failed = data()
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    err = " ".join(failed.stderr.split())
+    assert "shards failed to render" in err
+    assert f"no space left to write {d}/shards/" in err
+    assert "bytes free on its filesystem" in err
+    assert [p for p in (d / "shards").rglob("*") if p.is_file()] == []  # no shard, no temporary file
+    assert not (d / dataset.MANIFEST).exists()
+
+    full.unlink()  # space freed
+    again = data()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 shards: 2 rendered, 0 cached" in again.stdout
+    for split in ("train", "val"):
+        assert dataset.shard_urls(d, split, verify=True)
+
+
 def test_sigkill_of_train_leaves_no_process_and_the_next_training_marks_its_run_killed(
         tiny: Path, tmp_path: Path) -> None:
     import mlflow
