@@ -182,15 +182,16 @@ def test_adding_a_motion_renders_only_its_shards(copy_of: Path) -> None:
 def test_missing_or_corrupt_shards_are_rebuilt(copy_of: Path) -> None:
     checksum = dataset.manifest_checksum(copy_of)
     infos = dataset.load_shards(copy_of)
-    deleted, corrupted = infos[0].path, infos[-1].path
+    deleted, truncated, corrupted = infos[0].path, infos[1].path, infos[-1].path
     (copy_of / deleted).unlink()
+    (copy_of / truncated).write_bytes((copy_of / truncated).read_bytes()[:100])
     data = bytearray((copy_of / corrupted).read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
     (copy_of / corrupted).write_bytes(bytes(data))
 
     s = run_flow(copy_of)
-    assert sorted(s["rendered"]) == sorted([deleted, corrupted])
-    assert set(s["cached"]) == shard_paths(TINY["motions"]) - {deleted, corrupted}
+    assert sorted(s["rendered"]) == sorted([deleted, truncated, corrupted])
+    assert set(s["cached"]) == shard_paths(TINY["motions"]) - {deleted, truncated, corrupted}
     assert dataset.manifest_checksum(copy_of) == checksum  # deterministic: rebuilt bytes are identical
     for info in dataset.load_shards(copy_of):
         assert sha256_file(copy_of / info.path) == info.sha256

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -121,13 +123,69 @@ def test_a_shard_dropped_into_train_is_never_read(tiny_copy: Path) -> None:
     assert "intruder-0000" not in keys
 
 
-def test_a_changed_shard_stops_training_before_the_first_batch(tiny_copy: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_a_changed_shard_stops_training_before_the_first_batch(tiny_copy: Path, damage: str) -> None:
     from t2v.loader import make_loader
 
     rel = next(i.path for i in dataset.load_shards(tiny_copy) if i.split == "train")
-    (tiny_copy / rel).write_bytes((tiny_copy / rel).read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(dataset.ShardIntegrityError, match=rf"{rel} has sha256 .* the manifest"):
+    data = bytearray((tiny_copy / rel).read_bytes())
+    if damage == "truncated":
+        del data[len(data) // 2:]
+    else:
+        data[len(data) // 2] ^= 0x01
+    (tiny_copy / rel).write_bytes(bytes(data))
+    with pytest.raises(dataset.ShardIntegrityError, match=rf"{rel} has sha256 .* the manifest.*rerun `t2v data"):
         make_loader(tiny_copy, 8, num_workers=0)
+
+
+def _tar_gz(members: list[tuple[str, bytes, bytes]], grow_last_by: int = 0) -> bytes:
+    """A gzipped tar of (name, type, data) members, written by hand so that names may be hostile; the
+    last header may declare `grow_last_by` more bytes than it holds."""
+    import gzip
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:") as tar:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/passwd"
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    raw = bytearray(buf.getvalue())
+    if grow_last_by:
+        at = 512 * (len(members) - 1) + sum(-(-len(d) // 512) * 512 for _, _, d in members[:-1])
+        raw[at + 124:at + 136] = f"{len(members[-1][2]) + grow_last_by:011o}\0".encode()
+        raw[at + 148:at + 156] = b" " * 8
+        raw[at + 148:at + 156] = f"{sum(raw[at:at + 512]):06o}\0 ".encode()
+    return gzip.compress(bytes(raw), mtime=0)
+
+
+@pytest.mark.parametrize("members,grow,problem", [
+    ([("../x.clip.png", b"0", b"png")], 0, "'../x.clip.png' is an absolute path or climbs out"),
+    ([("/tmp/abs.clip.png", b"0", b"png")], 0, "'/tmp/abs.clip.png' is an absolute path or climbs out"),
+    ([("k.prompt.txt", b"2", b"")], 0, "'k.prompt.txt' is not a regular file"),
+    ([("k.prompt.txt", b"0", b"red"), ("k.clip.png", b"0", b"x" * 600)], 10**9,
+     "'k.clip.png' declares 1,000,000,600 bytes; the archive holds"),
+], ids=["dot-dot", "absolute", "symlink", "size-past-end"])
+def test_hostile_tar_members_are_refused_before_any_read(tiny_copy: Path, members: list, grow: int,
+                                                         problem: str) -> None:
+    from t2v.loader import make_loader
+
+    rel = next(i.path for i in dataset.load_shards(tiny_copy) if i.split == "train")
+    _rewrite_listed(tiny_copy, rel, _tar_gz(members, grow))
+    with pytest.raises(dataset.ShardIntegrityError, match=re.escape(f"{rel}: member {problem}")):
+        make_loader(tiny_copy, 8, num_workers=0)
+    assert not (tiny_copy.parent / "x.clip.png").exists()
+
+
+def test_a_gzip_bomb_is_refused_unread(tiny_copy: Path) -> None:
+    import gzip
+
+    rel = next(i.path for i in dataset.load_shards(tiny_copy) if i.split == "train")
+    _rewrite_listed(tiny_copy, rel, gzip.compress(b"\0" * 200 * 2**20))
+    with pytest.raises(dataset.ShardIntegrityError, match=rf"{rel}: decompresses past .* refused unread"):
+        dataset.shard_urls(tiny_copy, "train")
 
 
 def test_members_outside_the_contract_are_never_decoded(tiny_copy: Path, tmp_path: Path) -> None:
@@ -385,6 +443,7 @@ def test_sigkill_of_train_leaves_no_process_and_the_next_training_marks_its_run_
     assert "is gone" in after.data.tags["t2v.killed"]
     assert after.data.tags["resumed_from_step"] == str(step)
     assert after.info.status == "FINISHED"  # the resume continued the same run to its end
+    assert len(client.search_model_versions(f"run_id='{run.info.run_id}'")) == 1
 
 
 def _cuda_available() -> bool:
@@ -412,59 +471,78 @@ def test_late_rejections_are_usage_errors_that_leave_no_run_and_no_dir(
     assert not db.exists()  # no store was even opened, so no FAILED run in it
 
 
-def test_a_dead_tracking_server_fails_training_within_two_minutes_keeping_the_checkpoint(
+def test_a_dead_tracking_server_fails_training_within_two_minutes_and_the_rerun_registers_one_version(
         tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fault case 5: the MLflow server is SIGKILLed mid-training; training gives up after MLflow's
+    bounded retries with backoff, naming the server and the checkpoint; once the server is back, the
+    same command resumes the same run and registers exactly one version."""
+    import os
+    import signal
     import subprocess
     import sys
     import time
+    import urllib.request
+
+    import mlflow
 
     from deployments.stack import free_port
 
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--artifacts-destination", str(tmp_path / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        env = command_env(tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
-        out, log = tmp_path / "run", tmp_path / "train.log"
-        import urllib.request
+    url = f"http://127.0.0.1:{port}"
 
-        def up() -> bool:
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-            except OSError:
-                return False
+    def start_server() -> subprocess.Popen:
+        return subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1",
+                                 "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                                 "--artifacts-destination", str(tmp_path / "artifacts")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
-        wait_for(up, server, log, timeout=120)
-        proc = start_command(["train", "--data", str(tiny), "--out", str(out), "--max-steps", "100000",
-                              "--no-progress", *TINY_SETS], env, log)
-        wait_for((out / "checkpoints" / "last.pt").exists, proc, log)
-        import os
-        import signal
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            return False
 
-        os.killpg(server.pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        rc = proc.wait(timeout=300)
-        took = time.monotonic() - t0
-    finally:
-        import os
-        import signal
-
+    def kill(server: subprocess.Popen) -> None:
         try:
             os.killpg(server.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    text = log.read_text()
-    assert rc == 1, text[-3000:]
-    assert f"MLflow at http://127.0.0.1:{port} is unreachable" in text
-    assert "checkpoint at step" in text
-    assert "rerun the same command to resume" in text
-    with capsys.disabled():
-        print(f"\n  gave up on the dead tracking server after {took:.0f} s")
-    assert took < 150, f"training took {took:.0f} s to give up on a dead tracking server"
-    assert (out / "checkpoints" / "last.pt").is_file()
+        server.wait(timeout=30)
+
+    env = command_env(tmp_path, MLFLOW_TRACKING_URI=url)
+    out, log = tmp_path / "run", tmp_path / "train.log"
+    args = ["train", "--data", str(tiny), "--out", str(out), "--max-steps", "40", "--no-progress", *TINY_SETS]
+    server = start_server()
+    try:
+        wait_for(up, server, log, timeout=120)
+        proc = start_command(args, env, log)
+        wait_for((out / "checkpoints" / "last.pt").exists, proc, log)
+        kill(server)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=300)
+        took = time.monotonic() - t0
+        text = log.read_text()
+        assert rc == 1, text[-3000:]
+        assert f"MLflow at {url} is unreachable" in text
+        assert "checkpoint at step" in text
+        assert "rerun the same command to resume" in text
+        with capsys.disabled():
+            print(f"\n  gave up on the dead tracking server after {took:.0f} s")
+        assert took < 150, f"training took {took:.0f} s to give up on a dead tracking server"
+        assert (out / "checkpoints" / "last.pt").is_file()
+
+        server = start_server()  # the same store, back on the same address
+        wait_for(up, server, log, timeout=120)
+        again = start_command(args, env, tmp_path / "rerun.log")
+        assert again.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+        client = mlflow.MlflowClient(url)
+        (run,) = client.search_runs([client.get_experiment_by_name("t2v").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert int(run.data.tags["resumed_from_step"]) >= 2
+        assert len(client.search_model_versions(f"run_id='{run.info.run_id}'")) == 1
+    finally:
+        kill(server)
 
 
 # ----------------------------------------------------------------------------- 5. what `make up` trusts
