@@ -19,6 +19,7 @@ from registry import CHAMPION_URI, REGISTERED_MODEL
 
 EXIT_USAGE = 2  # bad input (argparse uses 2 as well)
 EXIT_FAILED = 1  # the work itself failed
+MAX_GENERATE_SAMPLES = 1024  # clips of one `t2v generate`: held in memory, then written side by side
 
 
 class UsageError(ValueError):
@@ -331,7 +332,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="output file (.gif, .mp4 or .png)")
     p.add_argument("--model", default=CHAMPION_URI, help=f"registered model URI (default: {CHAMPION_URI})")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--samples", type=int, default=1, help="clips to generate (default 1)")
+    p.add_argument("--samples", type=int, default=1, help=f"clips to generate (default 1, at most {MAX_GENERATE_SAMPLES})")
     p.add_argument("--fps", type=int, default=8, help="playback rate of GIF/MP4 (default 8)")
     p.set_defaults(handler=run_generate)
 
@@ -345,6 +346,9 @@ def run_generate(args: argparse.Namespace) -> int:
         for name in ("samples", "fps"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+        if args.samples > MAX_GENERATE_SAMPLES:  # all clips are held in memory, then written side by side
+            raise ValueError(f"--samples must be at most {MAX_GENERATE_SAMPLES}, got {args.samples} "
+                             f"({args.samples * 16 * 64 * 64 * 3 / 2**30:.1f} GiB at 16 frames of 64x64)")
         if args.seed < 0:
             raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
         dataset.check_output_dir(args.output.parent, hint="choose another -o path")

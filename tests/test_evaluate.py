@@ -132,12 +132,14 @@ def test_tile_and_table() -> None:
     ("red blob moving up", ["'blob'", "circle", "moving"]),
     ("red blue circle moving up", ["'blue'", "red, green, blue, yellow, purple"]),
     ("   ", ["empty prompt", "shapes: circle, square, triangle"]),
+    ("red circle moving up", ["--samples must be at most 1024, got 1025"]),
 ])
 def test_generate_rejects_bad_prompts_before_loading_a_model(
         t2v_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, prompt: str, names: list[str]) -> None:
     out = tmp_path / "out.gif"
     store = f"sqlite:///{tmp_path / 'never' / 'mlflow.db'}"  # loading any model from here would fail differently
-    proc = t2v_cli("generate", prompt, "-o", str(out), env={"MLFLOW_TRACKING_URI": store}, timeout=60)
+    extra = ("--samples", "1025") if names == ["--samples must be at most 1024, got 1025"] else ()
+    proc = t2v_cli("generate", prompt, "-o", str(out), *extra, env={"MLFLOW_TRACKING_URI": store}, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("t2v generate: error:"), proc.stderr
     assert all(n in proc.stderr for n in names), proc.stderr
