@@ -195,6 +195,30 @@ def test_train_on_two_ranks_is_one_run_and_one_version(data_dir: Path, tmp_path:
     assert json.loads((out / "checkpoints" / "last.json").read_text())["step"] == 4
 
 
+def test_torchrun_of_the_cli_directly_is_one_flow_one_run_and_one_version(data_dir: Path, tmp_path: Path,
+                                                                         prefect_api: str) -> None:
+    """`torchrun --nproc-per-node 2 -m cli train ...`: rank 0 runs the train-stage flow and trains in it,
+    rank 1 only trains; what lands is what `t2v train --nproc-per-node 2` gives."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**env_with_repo(), "MLFLOW_TRACKING_URI": uri, "PREFECT_API_URL": prefect_api}
+    out = tmp_path / "run"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    p = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "cli", "train", "--data",
+                        str(data_dir), "--out", str(out), "--no-progress", "--max-steps", "2", "--set", "batch_size=4",
+                        "--set", "width=8", "--set", "log_every=1", "--set", "ckpt_every=2", "--set",
+                        "sample_every=1000", "--set", "select_every=0", "--set", "shuffle_buffer=8"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    assert p.stdout.count("registered: t2v-generator version 1") == 1  # rank 0 alone reports
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("t2v").experiment_id])
+    assert run.data.params["world_size"] == "2" and run.data.params["global_batch"] == "8"
+    assert [v.run_id for v in client.search_model_versions("name='t2v-generator'")] == [run.info.run_id]
+    assert json.loads((out / "checkpoints" / "last.json").read_text())["step"] == 2
+
+
 def test_bad_launch_requests_fail_before_any_work(data_dir: Path, tmp_path: Path,
                                                   t2v_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     out = tmp_path / "never"
