@@ -27,6 +27,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/bench_data.py --json data/bench_data.json
 	$(BIN)/python bench/bench_train.py --json data/bench_train.json
+	$(BIN)/python bench/bench_ddp.py --json data/bench_ddp.json
 
 # The evaluation's reference featnet for the default vocabulary, shipped in t2v/reference/featnet/ (~4 min on 2 cores);
 # rerun after changing the vocabulary, the renderer or t2v/featnet.py (a test says when it is stale).
