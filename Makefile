@@ -37,8 +37,10 @@ reference: install
 # Local operations stack: Prefect server, MLflow server, deployments served (127.0.0.1 by default).
 # Ports and bind address: make up PREFECT_PORT=4300 MLFLOW_PORT=5300 HOST=127.0.0.1
 # Auth: the Prefect API needs basic auth unless PREFECT_AUTH=0; MLFLOW_AUTH=1 runs MLflow's basic-auth app.
+# RETRAIN_ON_DATA=1: the nightly also runs as soon as data-stage/add-motions completes.
 STACK_ARGS = $(if $(PREFECT_PORT),--prefect-port $(PREFECT_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(HOST),--host $(HOST)) \
-             $(if $(filter 0,$(PREFECT_AUTH)),--no-prefect-auth) $(if $(filter 1,$(MLFLOW_AUTH)),--mlflow-auth)
+             $(if $(filter 0,$(PREFECT_AUTH)),--no-prefect-auth) $(if $(filter 1,$(MLFLOW_AUTH)),--mlflow-auth) \
+             $(if $(filter 1,$(RETRAIN_ON_DATA)),--retrain-on-data)
 up: install
 	$(BIN)/python -m deployments.stack up $(STACK_ARGS)
 

@@ -189,7 +189,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                                    "when set, otherwise a temporary local Prefect server.")
     p.add_argument("--data", required=True, help="dataset directory holding manifest.parquet (from `t2v data`)")
     p.add_argument("--model", default="video", help=_model_help())
-    p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default) or gpu")
+    p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default), gpu, or auto (gpu where CUDA is available)")
     p.add_argument("--max-steps", type=int, help="training steps (default: the profile's)")
     p.add_argument("--out", help="run directory (default: DATA/runs/MODEL-PROFILE-MANIFEST-KEY, one per dataset "
                                  "version, config and model code); holds checkpoints, resumed from")
@@ -374,6 +374,56 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_lineage(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lineage", help="print where a registered model came from: run, flow run, dataset, code",
+                       description="Print the chain behind a registered version, read back from the stores: "
+                                   "registry version -> MLflow run -> Prefect flow run -> dataset (manifest checksum, "
+                                   "motions) -> code version. The flow run's details need PREFECT_API_URL.")
+    p.add_argument("model", nargs="?", default=CHAMPION_URI, help=f"registered model URI (default: {CHAMPION_URI})")
+    p.set_defaults(handler=run_lineage)
+
+
+def _flow_run_line(flow_run_id: str) -> str:
+    """The Prefect flow run as its API describes it, or why it cannot say."""
+    if not flow_run_id:
+        return "none recorded"
+    if not os.environ.get("PREFECT_API_URL"):
+        return f"{flow_run_id} (set PREFECT_API_URL to read its flow, name and state)"
+    try:
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(flow_run_id)
+            flow = client.read_flow(fr.flow_id)
+            parent = ""
+            if fr.parent_task_run_id:
+                parent_run = client.read_flow_run(client.read_task_run(fr.parent_task_run_id).flow_run_id)
+                parent = f", inside {client.read_flow(parent_run.flow_id).name} flow run {parent_run.id} ({parent_run.name})"
+        return f"{fr.id} ({flow.name}/{fr.name}, {fr.state.name if fr.state else 'no state'}{parent})"
+    except Exception as e:  # an unreachable API, or a run it no longer has
+        return f"{flow_run_id} (not readable from {os.environ['PREFECT_API_URL']}: {type(e).__name__}: {e})"
+
+
+def run_lineage(args: argparse.Namespace) -> int:
+    from registry import tracking, versions
+
+    uri = tracking.tracking_uri()
+    try:
+        lin = versions.lineage(args.model, versions.client_for(uri))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    aliases = f" (aliases: {', '.join(lin['aliases'])})" if lin["aliases"] else ""
+    print(f"{lin['uri']} -> {lin['name']} version {lin['version']}{aliases}")
+    print(f"  MLflow run:       {lin['run_id']} ({lin['run_name']}, {lin['run_status']}) {lin['run_link']}")
+    print(f"  Prefect flow run: {_flow_run_line(lin['flow_run_id'])}")
+    print(f"  dataset:          manifest checksum {lin['manifest_checksum']}")
+    for d in lin["datasets"]:
+        print(f"    {d['context'] or 'input'}: {d['name']} from {d['source']}, profile {d['profile']}")
+    print(f"  code version:     {lin['code_version']} (model {lin['tags'].get('model', '?')}, "
+          f"profile {lin['tags'].get('profile', '?')}, step {lin['tags'].get('step', '?')}, seed {lin['seed']})")
+    return 0
+
+
 def add_pipeline(sub: argparse._SubParsersAction) -> None:
     from t2v.shards import DataParams
 
@@ -392,7 +442,7 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
                        help=f"train clips per seen combination (default {d.clips_per_combo})")
         p.add_argument("--motions", nargs="+", metavar="MOTION", help="motion phrases (default: all)")
         p.add_argument("--model", default="video", help=_model_help())
-        p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default) or gpu")
+        p.add_argument("--profile", default="cpu-demo", help="cpu-demo (default), gpu, or auto (gpu where CUDA is available)")
         p.add_argument("--max-steps", type=int, help="training steps (default: the profile's)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a training config field (repeatable)")
@@ -459,7 +509,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_vocab, add_preview, add_data, add_train,
-                                                                      add_evaluate, add_generate, add_pipeline)
+                                                                      add_evaluate, add_generate, add_lineage,
+                                                                      add_pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

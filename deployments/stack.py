@@ -31,6 +31,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("prefect", "mlflow", "serve")
@@ -46,6 +47,7 @@ class StackConfig:
     mlflow_port: int = 5000  # MLflow's usual port
     prefect_auth: bool = True  # Prefect API behind basic auth (PREFECT_API_AUTH_STRING)
     mlflow_auth: bool = False  # MLflow's basic-auth app: needs a login in the UI too, so opt-in
+    retrain_on_data: bool = False  # the nightly also runs when data-stage/add-motions completes (a deployment trigger)
 
     @property
     def prefect_api_url(self) -> str:
@@ -114,7 +116,8 @@ def _commands(cfg: StackConfig) -> dict[str, list[str]]:
                    "--allowed-hosts", ",".join(hosts),
                    "--cors-allowed-origins", ",".join(f"http://{h}:{cfg.mlflow_port}" for h in cfg.hosts()),
                    "--workers", "1", *(["--app-name", "basic-auth"] if cfg.mlflow_auth else [])],
-        "serve": [sys.executable, "-m", "deployments.serve", "--data", str(cfg.data)],
+        "serve": [sys.executable, "-m", "deployments.serve", "--data", str(cfg.data),
+                  *(["--retrain-on-data"] if cfg.retrain_on_data else [])],
     }
 
 
@@ -127,6 +130,8 @@ def _service_env(cfg: StackConfig, name: str) -> dict[str, str]:
         env["PREFECT_SERVER_UI_ENABLED"] = "false" if os.environ.get("T2V_STACK_NO_UI") else "true"
         if cfg.prefect_auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+    if name == "mlflow":  # MLflow's job consumers (GenAI jobs: 8 idle processes of ~230 MB) serve nothing here
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if name == "mlflow" and cfg.mlflow_auth:
         ini = cfg.state / "mlflow-auth.ini"
         _write_private(ini, "[mlflow]\ndefault_permission = READ\n"
@@ -212,7 +217,9 @@ def check_ports(cfg: StackConfig) -> None:
                              f"{name} server; stop it or choose another port (make up {name.upper()}_PORT=...)")
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, auth: str | None = None) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, auth: str | None = None,
+               ready: Callable[[bytes], bool] = lambda body: True) -> None:
+    """Until `url` answers 200 with a body `ready` accepts; StackError when the process exits or time runs out."""
     deadline = time.monotonic() + timeout
     headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
     while time.monotonic() < deadline:
@@ -221,12 +228,20 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, auth
                              + log.read_text()[-2000:])
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as r:
-                if r.status == 200:
+                if r.status == 200 and ready(r.read()):
                     return
         except OSError:
             pass
         time.sleep(0.5)
     raise StackError(f"{url} did not answer within {timeout:.0f}s; see {log}")
+
+
+def _deployment_ready(body: bytes) -> bool:
+    """A served deployment whose runner has polled the server: what the UI shows as Ready."""
+    try:
+        return json.loads(body).get("status") == "READY"
+    except ValueError:
+        return False
 
 
 def start(cfg: StackConfig, name: str, timeout: float = 120.0) -> int:
@@ -249,8 +264,10 @@ def start(cfg: StackConfig, name: str, timeout: float = 120.0) -> int:
             _wait_http(f"{cfg.prefect_api_url}/health", proc, log, timeout)
         elif name == "mlflow":
             _wait_http(f"{cfg.mlflow_url}/health", proc, log, timeout)
-        else:  # serving: ready once its deployments are registered with the server
-            _wait_http(f"{cfg.prefect_api_url}/deployments/name/{SERVED[-1]}", proc, log, timeout, auth)
+        else:  # serving: ready once every deployment is Ready (registered, and its runner polling)
+            for deployment in SERVED:
+                _wait_http(f"{cfg.prefect_api_url}/deployments/name/{deployment}", proc, log, timeout, auth,
+                           _deployment_ready)
     except Exception:
         stop(cfg, name)
         raise
@@ -348,11 +365,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve the Prefect API without basic auth (anyone who reaches the port can run deployments)")
     ap.add_argument("--mlflow-auth", action="store_true",
                     help="run MLflow's basic-auth app (user admin, password generated into the state dir)")
+    ap.add_argument("--retrain-on-data", action="store_true",
+                    help="also run full-pipeline/nightly as soon as data-stage/add-motions completes")
     a = ap.parse_args(argv)
     if a.prefect_port == a.mlflow_port:
         ap.error(f"--prefect-port and --mlflow-port are both {a.prefect_port}; give them different ports")
     cfg = StackConfig(a.state.resolve(), a.data.resolve(), a.host, a.prefect_port, a.mlflow_port,
-                      prefect_auth=not a.no_prefect_auth, mlflow_auth=a.mlflow_auth)
+                      prefect_auth=not a.no_prefect_auth, mlflow_auth=a.mlflow_auth, retrain_on_data=a.retrain_on_data)
     if a.action == "up":
         try:
             pids = up(cfg)

@@ -10,7 +10,7 @@ from prefect import flow
 from t2v import dataset
 from t2v.io import exclusive_lock
 from t2v.shards import DataParams, plan
-from tasks.data import publish_manifest, render_inputs, render_task, task_runner, verify_shards, wait_with_progress
+from tasks.data import publish_task, render_inputs, render_task, task_runner, verify_shards, wait_with_progress
 
 _D = DataParams()  # defaults live in one place: DataParams
 
@@ -89,7 +89,7 @@ def data_stage(
                 if still:
                     raise RuntimeError(f"shards still fail verification after re-rendering: {still}")
 
-        published = publish_manifest(str(root), _params_dict(req.params), [infos[s.path] for s in specs])
+        published = publish_task(root)(str(root), _params_dict(req.params), [infos[s.path] for s in specs])
         summary = {
             "root": str(root),
             "manifest": published["manifest"],

@@ -41,7 +41,8 @@ def eval_stage(
     champ_ref = versions.current_champion(versions.client_for(req.tracking_uri), req.model.name)
     champion, champion_error = None, None
     if champ_ref is not None and champ_ref.version != req.model.version:
-        state = evaluate_task(req.data_dir)(**evaluate_inputs(req, champ_ref, net, progress), return_state=True)
+        champ_inputs = evaluate_inputs(req, champ_ref, net, progress)
+        state = evaluate_task(req.data_dir, champ_inputs)(**champ_inputs, return_state=True)
         if state.is_completed():
             champion = state.result()
         else:
@@ -63,11 +64,11 @@ def _evaluate(req: EvalRequest, ref: versions.ModelRef, net: dict[str, Any], for
               progress: bool = False) -> dict[str, Any]:
     """One cached evaluation; a cache hit whose media or model version is gone is evaluated again."""
     inputs = evaluate_inputs(req, ref, net, progress)
-    state = evaluate_task(req.data_dir, refresh=force)(**inputs, return_state=True)
+    state = evaluate_task(req.data_dir, inputs, refresh=force)(**inputs, return_state=True)
     result = state.result()
     if state.name == "Cached" and not cached_result_usable(result):
         print(f"cached evaluation of {ref.uri} is stale (media or model version gone): evaluating again")
-        result = evaluate_task(req.data_dir, refresh=True)(**inputs)
+        result = evaluate_task(req.data_dir, inputs, refresh=True)(**inputs)
     return {**result, "cached": state.name == "Cached"}
 
 

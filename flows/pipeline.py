@@ -37,7 +37,7 @@ def full_pipeline(
     workers: int = 2,
     dask_address: str | None = None,
     model: str = "video",
-    profile: str = "cpu-demo",
+    profile: str = "auto",
     max_steps: int | None = None,
     train_overrides: dict[str, Any] | None = None,
     warm_start: bool = False,
@@ -49,7 +49,7 @@ def full_pipeline(
     nproc_per_node: int = 1,
 ) -> dict[str, Any]:
     """Build or grow the dataset at `out` (on the Dask cluster at `dask_address`, if given), train
-    `model` with `profile` on it (from the champion's weights with `warm_start`; a grown vocabulary
+    `model` with `profile` on it (`auto`: gpu where CUDA is available, else cpu-demo; from the champion's weights with `warm_start`; a grown vocabulary
     keeps its old rows), evaluate the new version against the champion and promote it if it is
     better; `nproc_per_node` > 1 trains with that many torchrun ranks on this machine. Returns each
     stage's summary."""

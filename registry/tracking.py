@@ -303,3 +303,40 @@ class RunHooks:
     def on_checkpoint(self, step: int, path: Path) -> None:
         self.reached["checkpoint"] = step
         self.client.set_tag(self.run_id, CHECKPOINT_TAG, str(step))
+
+
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # what MLflow's UI shows as a dataset input's role
+
+
+def _manifest_dataset(manifest: str, checksum: str, profile: Mapping[str, Any], part: str | None) -> Any:
+    """A t2v dataset as an MLflow dataset: source = its manifest, digest = the manifest checksum
+    (MLflow keeps 36 characters of it), profile = clips per split and the motions."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class ManifestDataset(MetaDataset):
+        @property
+        def profile(self) -> Mapping[str, Any]:
+            return profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(dict(profile))}
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": MLflow registers the local source twice
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(manifest)
+    return ManifestDataset(source, name=f"t2v-{checksum[:12]}" + (f"-{part}" if part else ""), digest=checksum[:36])
+
+
+def log_dataset(client: MlflowClient, run_id: str, manifest: str, checksum: str, profile: Mapping[str, Any],
+                context: str, part: str | None = None) -> None:
+    """Log the dataset at `manifest` (or the `part` of it used, e.g. "heldout") as an input of the run,
+    in `context` ("training", "evaluation"), so the run page shows what it used; the full checksum is
+    an input tag. Logging it again is a no-op."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    ds = _manifest_dataset(manifest, checksum, profile, part)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[
+        InputTag(DATASET_CONTEXT_TAG, context), InputTag("manifest_checksum", checksum)])])

@@ -6,6 +6,7 @@ URI forms have one home.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -133,9 +134,59 @@ def _existing_version(client: mlflow.MlflowClient, name: str, run_id: str, step:
     return None
 
 
+MODEL_DESCRIPTION = """Text-to-video generators trained by t2v-pipeline on synthetic clips.
+
+Each version is a pyfunc model: prompts in, uint8 clips (N, T, H, W, 3) out, deterministic per seed.
+
+```python
+import mlflow
+model = mlflow.pyfunc.load_model("models:/t2v-generator@champion")
+clips = model.predict(["red circle moving up-right"], params={"seed": 0})
+```
+
+The `champion` alias names the version that won the last evaluation; `<family>-latest` the newest
+of each model family. A version's description says what trained it, on which dataset, and how it
+scored."""
+EVAL_HEADING = "## Evaluation"  # the section `describe_evaluation` writes (replaced on re-evaluation)
+
+
+def describe_training(facts: Mapping[str, Any]) -> str:
+    """A version's description for a person: what was trained, on what, from where (links)."""
+    f = facts
+    return "\n".join([
+        f"**{f['model']}** generator, profile `{f['profile']}`: {f['step']} steps, seed {f['seed']}, "
+        f"{f['world_size']} rank(s), global batch {f['global_batch']}.",
+        "",
+        f"- Dataset: manifest checksum `{f['manifest_checksum'][:16]}`, {f['clips']} training clips of "
+        f"{len(f['motions'])} motions ({', '.join(f['motions'])})",
+        f"- Code version: `{f['code_version']}`",
+        f"- MLflow run: [{f['run_id']}]({f['run_link']})",
+        f"- Prefect flow run: [{f['flow_run_id']}]({f['flow_run_link']})" if f.get("flow_run_link")
+        else f"- Prefect flow run: `{f['flow_run_id']}`",
+    ])
+
+
+def describe_evaluation(client: MlflowClient, ref: ModelRef, metrics: Mapping[str, float], decision: str,
+                        reason: str, champion_after: str) -> None:
+    """Write (or rewrite) the version description's evaluation section: the held-out figures and
+    the champion decision."""
+    mv = client.get_model_version(ref.name, ref.version)
+    head = (mv.description or "").split(f"\n\n{EVAL_HEADING}")[0]
+    fig = {k: metrics.get(k, float("nan")) for k in ("judge_heldout_all3", "featnet_heldout_all3", "fd_heldout")}
+    body = "\n".join([
+        EVAL_HEADING, "",
+        f"- Held-out prompts, all three attributes right: {fig['judge_heldout_all3']:.3f} (pixel judge), "
+        f"{fig['featnet_heldout_all3']:.3f} (featnet); Fréchet distance {fig['fd_heldout']:.4g}",
+        f"- Champion decision: **{decision}** ({reason}); champion is now version {champion_after}",
+    ])
+    client.update_model_version(ref.name, ref.version, description=f"{head}\n\n{body}" if head else body)
+
+
 def register_generator(t: tracking.Tracking, run_id: str, export_dir: Path, step: int, model: str,
-                       frames: int, size: int, registered_model: str, tags: Mapping[str, str]) -> tuple[str, str]:
-    """Log the shipped generator as a pyfunc model and register it; returns (version, logged model URI)."""
+                       frames: int, size: int, registered_model: str, tags: Mapping[str, str],
+                       description: str = "") -> tuple[str, str]:
+    """Log the shipped generator as a pyfunc model and register it, with `description` on the version
+    and `MODEL_DESCRIPTION` on a registered model that has none; returns (version, logged model URI)."""
     client = t.client()
     found = _existing_version(client, registered_model, run_id, step)
     if found is not None:
@@ -143,6 +194,10 @@ def register_generator(t: tracking.Tracking, run_id: str, export_dir: Path, step
     info = pyfunc.log_generator(export_dir, frames, size, registered_model,
                                 metadata={"step": step, **tags})
     version = str(info.registered_model_version)
+    if description:
+        client.update_model_version(registered_model, version, description=description)
+    if not client.get_registered_model(registered_model).description:
+        client.update_registered_model(registered_model, description=MODEL_DESCRIPTION)
     for k, v in {**tags, "step": str(step)}.items():
         client.set_model_version_tag(registered_model, version, k, v)
     client.set_registered_model_alias(registered_model, f"{model}-latest", version)
@@ -188,3 +243,31 @@ def download_export(client: MlflowClient, name: str, version: str, dest: Path) -
                 artifact_uri=f"models:/{name}/{version}", dst_path=dl, tracking_uri=client.tracking_uri))
             shutil.copytree(_export_in(local, f"{name} version {version}"), tmp, dirs_exist_ok=True)
     return dest
+
+
+def lineage(uri: str, client: MlflowClient) -> dict[str, Any]:
+    """Where a registered version came from, read back from the MLflow store alone: the version,
+    its training run, the Prefect flow run that ran it, the dataset inputs and the code version."""
+    ref = resolve_model(uri, client)
+    mv = client.get_model_version(ref.name, ref.version)
+    run = client.get_run(ref.run_id)
+    inputs = []
+    for di in (run.inputs.dataset_inputs if run.inputs else []):
+        tags = {t.key: t.value for t in di.tags}
+        try:
+            source = json.loads(di.dataset.source).get("uri", di.dataset.source)
+        except (ValueError, AttributeError):
+            source = di.dataset.source
+        inputs.append({"name": di.dataset.name, "digest": di.dataset.digest, "source": source,
+                       "profile": di.dataset.profile, "context": tags.get(tracking.DATASET_CONTEXT_TAG, ""),
+                       "manifest_checksum": tags.get("manifest_checksum", "")})
+    aliases = sorted(getattr(mv, "aliases", []) or [])
+    return {"uri": uri, "name": ref.name, "version": ref.version, "aliases": aliases, "tags": dict(mv.tags),
+            "run_id": ref.run_id, "run_name": run.info.run_name, "run_status": run.info.status,
+            "run_link": run_link(client, client.tracking_uri, ref.run_id),
+            # the version's own tags first: a resumed run's tags name its latest flow run, not this version's
+            "flow_run_id": mv.tags.get("prefect.flow_run_id") or run.data.tags.get("prefect.flow_run_id", ""),
+            "manifest_checksum": mv.tags.get("dataset.manifest_checksum") or run.data.tags.get("dataset.manifest_checksum", ""),
+            "code_version": mv.tags.get("code_version") or run.data.tags.get("code_version", ""),
+            "seed": run.data.params.get("seed", ""),
+            "datasets": inputs}

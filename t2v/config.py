@@ -162,6 +162,26 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
 
 
+AUTO_PROFILE = "auto"  # not a preset: `gpu` where CUDA is available, `cpu-demo` elsewhere (see resolve_profile)
+
+
+def resolve_profile(profile: str) -> str:
+    """`auto` -> `gpu` when this machine has CUDA, else `cpu-demo`; any other name unchanged. Only
+    `auto` imports torch, so other requests are still checked without it."""
+    if profile != AUTO_PROFILE:
+        return profile
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu-demo"
+
+
+def _check_profile(profile: str) -> str:
+    if profile != AUTO_PROFILE and profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}, {AUTO_PROFILE} "
+                         f"(gpu where CUDA is available, else cpu-demo)")
+    return resolve_profile(profile)
+
+
 def config_for(profile: str = "cpu-demo", **overrides: Any) -> TrainConfig:
     """The profile's config with `overrides` applied (strings are converted to the field's type).
 
@@ -169,8 +189,7 @@ def config_for(profile: str = "cpu-demo", **overrides: Any) -> TrainConfig:
     unless those fields are overridden too.
 
     Unknown profile or field -> ValueError listing the valid ones; bad values -> ValueError naming the field."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    profile = _check_profile(profile)
     hints = typing.get_type_hints(TrainConfig)
     unknown = sorted(set(overrides) - set(hints))
     if unknown:
@@ -289,8 +308,7 @@ def check_train_config(model: str = "video", profile: str = "cpu-demo", max_step
     """The config a training request names, or ValueError naming the bad model, profile, field or value."""
     overrides = dict(overrides or {})
     models.family(model)  # unknown model -> ValueError naming the valid ones
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    profile = _check_profile(profile)
     clash = [k for k in SET_BY_PARAMETER if k in overrides]
     if clash:
         raise ValueError(f"set {clash[0]} with {SET_BY_PARAMETER[clash[0]]}, not as an override")

@@ -464,6 +464,13 @@ def count_summary(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
     return out
 
 
+def summary_profile(root: str | os.PathLike[str]) -> dict[str, object]:
+    """What a dataset holds, for a person reading a run: clips per split, the motions, the shards."""
+    counts = count_summary(load_manifest(root))
+    return {"clips": {s: sum(c[s] for c in counts.values()) for s in sh.SPLITS}, "motions": sorted(counts),
+            "shards": len(load_shards(root))}
+
+
 def manifest_checksum(root: str | os.PathLike[str]) -> str:
     """sha256 over the published shards table sorted by path: changes iff any shard's content changes."""
     return _checksum(load_shards(root))

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 from uuid import UUID
 
 from prefect import get_run_logger, task
+from prefect.assets import materialize
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.futures import PrefectFuture, as_completed
@@ -25,10 +26,10 @@ from prefect.states import State
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 from prefect.tasks import Task
 
-from tasks import results
+from tasks import assets, results
 from t2v import dataset, vocab
 from t2v.render import ClipSpec, renderer_version
-from t2v.shards import DataParams, ShardInfo, ShardSpec, plan, verify_shard, write_shard
+from t2v.shards import SPLITS, DataParams, ShardInfo, ShardSpec, plan, verify_shard, write_shard
 
 RESULTS_DIR = ".cache/prefect-results"  # under the dataset root: the cache lives and dies with the data
 
@@ -92,9 +93,10 @@ def verify_shards(root: str, infos: dict[str, Any]) -> dict[str, list[str]]:
     return bad
 
 
-@task(name="publish-manifest", cache_policy=NO_CACHE, persist_result=False)
+@materialize("file://t2v-dataset", name="publish-manifest", cache_policy=NO_CACHE, persist_result=False)
 def publish_manifest(root: str, params: dict[str, Any], infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write the manifest of verified shards and a table artifact of clips per motion and split."""
+    """Write the manifest of verified shards and a table artifact of clips per motion and split
+    (materializes the dataset's asset when built by `publish_task`)."""
     p = DataParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     specs = plan(p)
     path = dataset.publish(Path(root), p, specs, [ShardInfo(**i) for i in infos])
@@ -106,7 +108,15 @@ def publish_manifest(root: str, params: dict[str, Any], infos: list[dict[str, An
     )
     get_run_logger().info("published %s: %d clips in %d shards", path, sum(sum(c.values()) for c in counts.values()),
                           len(infos))
-    return {"manifest": str(path), "counts": counts, "checksum": dataset.manifest_checksum(root)}
+    checksum = dataset.manifest_checksum(root)
+    assets.record({"manifest_checksum": checksum, "shards": len(infos), "motions": sorted(counts),
+                   "clips": {s: sum(c[s] for c in counts.values()) for s in SPLITS}})
+    return {"manifest": str(path), "counts": counts, "checksum": checksum}
+
+
+def publish_task(root: str | Path) -> Task:
+    """`publish_manifest` materializing the Prefect asset of the dataset at `root`."""
+    return publish_manifest.with_options(assets=[assets.dataset_asset(root)])
 
 
 @contextmanager

@@ -22,16 +22,17 @@ from typing import Any, Mapping
 
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
+from prefect.assets import materialize
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 from tqdm import tqdm
 
-from registry import versions
+from registry import tracking, versions
 from registry.evaluation import EVAL_DIR, EvalRequest
-from tasks import results
-from t2v import diversity, featnet
+from tasks import assets, results
+from t2v import dataset, diversity, featnet
 from t2v import evaluate as ev
 from t2v.io import safe_name
 
@@ -74,7 +75,8 @@ def _retryable(task: Task, task_run: TaskRun, state: State) -> bool:
     return not isinstance(state.data, NOT_RETRIED)
 
 
-@task(name="evaluate-model", task_run_name="evaluate {model[name]} v{model[version]}",
+@materialize("mlflow://t2v-generator/evaluations", name="evaluate-model",
+             task_run_name="evaluate {model[name]} v{model[version]}",
       cache_policy=results.json_records_only((INPUTS - "data_dir" - "progress") + TASK_SOURCE), persist_result=True,
       result_serializer=results.SERIALIZER, retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retryable)
@@ -113,12 +115,17 @@ def evaluate_model(model: dict[str, str], data_dir: str, manifest_checksum: str,
     versions.log_evaluation(client, ref, metrics, out_dir, {
         "key": f"{manifest_checksum[:12]}-{featnet_key}-{code_version}", "samples": str(cfg.samples),
         "seed": str(cfg.seed), ev.PRIMARY: f"{metrics[ev.PRIMARY]:.6g}", ev.TIEBREAK: f"{metrics[ev.TIEBREAK]:.6g}"})
+    tracking.log_dataset(client, ref.run_id, str(Path(data_dir) / dataset.MANIFEST), manifest_checksum,
+                         {"prompts": {"heldout": len(pset.heldout), "seen": len(pset.seen)}, "samples": cfg.samples,
+                          "seed": cfg.seed}, "evaluation", part="heldout")
     link = versions.run_link(client, tracking_uri, ref.run_id)
     create_markdown_artifact(
         f"# Evaluation of `{ref.uri}`\n\n- MLflow run: [{ref.run_id}]({link})\n"
         f"- Prompts: {len(pset.heldout)} held out, {len(pset.seen)} seen; {cfg.samples} samples each, seed {cfg.seed}\n"
         f"- Media: `{out_dir}` (and the run's `eval/` artifacts)\n\n{ev.metrics_table({ref.uri: metrics})}\n",
         key=safe_name(f"eval-{ref.name}-v{ref.version}"), description=f"evaluation of {ref.uri}")
+    assets.record({"version": ref.version, "model_uri": ref.uri, "manifest_checksum": manifest_checksum,
+                   **{k: float(metrics[k]) for k in ("judge_heldout_all3", "featnet_heldout_all3", "fd_heldout")}})
     logger.info("%s: held-out all-three %.3f (pixel judge), featnet %.3f, FD %.4g (floor %.4g)", ref.uri,
                 metrics["judge_heldout_all3"], metrics["featnet_heldout_all3"], metrics["fd_heldout"],
                 metrics["fd_floor_heldout"])
@@ -138,9 +145,14 @@ def evaluate_inputs(req: EvalRequest, ref: versions.ModelRef, net: Mapping[str, 
             "tracking_uri": req.tracking_uri, "progress": progress}
 
 
-def evaluate_task(data_dir: str | Path, refresh: bool = False) -> Task:
-    """`evaluate_model` with its results kept under `<data>/eval`; `refresh` evaluates again on a cache hit."""
-    return evaluate_model.with_options(result_storage=Path(data_dir) / EVAL_DIR / RESULTS_DIR, refresh_cache=refresh)
+def evaluate_task(data_dir: str | Path, inputs: Mapping[str, Any], refresh: bool = False) -> Task:
+    """`evaluate_model` with its results kept under `<data>/eval`, materializing the Prefect asset of the
+    model's evaluations from the model's (`inputs`: the call's arguments); `refresh` evaluates again on
+    a cache hit."""
+    name, uri = inputs["model"]["name"], inputs["tracking_uri"]
+    return evaluate_model.with_options(result_storage=Path(data_dir) / EVAL_DIR / RESULTS_DIR, refresh_cache=refresh,
+                                       assets=[assets.evaluation_asset(uri, name)],
+                                       asset_deps=[assets.model_asset(uri, name)])
 
 
 def cached_result_usable(result: Mapping[str, Any]) -> bool:
@@ -185,6 +197,7 @@ def promote(challenger: dict[str, Any], champion: dict[str, Any] | None, trackin
     versions.set_champion(client, ch, decision.promote, tags)
     previous = champion["model"]["version"] if champion is not None else None
     now = ch.version if decision.promote or previous is None else previous
+    versions.describe_evaluation(client, ch, challenger["metrics"], tags["decision"], decision.reason, now)
     rows = {f"v{ch.version} (challenger)": challenger["metrics"]}
     if champion is not None and previous != ch.version:
         rows[f"v{previous} (champion)"] = champion["metrics"]

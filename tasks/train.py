@@ -23,13 +23,14 @@ from typing import Any, Mapping
 import mlflow
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
+from prefect.assets import materialize
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 
 from registry import tracking, versions
-from tasks import results
+from tasks import assets, results
 from t2v import config as t2v_config
 from t2v import dataset, distributed
 from t2v import train as t2v_train
@@ -97,7 +98,7 @@ def _summary_markdown(r: Mapping[str, Any]) -> str:
             f"| metric (last logged) | value |\n|---|---|\n{rows}\n")
 
 
-@task(name="train", task_run_name="train {config[model]} ({config[profile]})",
+@materialize("mlflow://t2v-generator", name="train", task_run_name="train {config[model]} ({config[profile]})",
       cache_policy=results.json_records_only((INPUTS - "data_dir" - "progress" - "launch") + TASK_SOURCE),
       persist_result=True, result_serializer=results.SERIALIZER,
       retries=2, retry_delay_seconds=2, retry_condition_fn=_retryable)
@@ -150,6 +151,8 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
             changed = tracking.log_params_once(t.client(), run_id, {
                 **tracking.flatten_params(cfg.to_dict()), "data.frames": str(frames), "data.size": str(size),
                 "global_batch": str(cfg.batch_size * cfg.world_size)})
+            tracking.log_dataset(t.client(), run_id, str(Path(data_dir) / dataset.MANIFEST), manifest_checksum,
+                                 dataset.summary_profile(data_dir), "training")  # the run page's dataset input
             logger.info("MLflow run %s (%s)%s", run_id, tracking.run_link(t, run_id),
                         f"; changed on resume: {changed}" if changed else "")
 
@@ -171,8 +174,17 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
             if result.selected_step is not None:  # which EMA weights were exported, and their train-prompt score
                 mlflow.set_tags({"selected_step": str(result.selected_step),
                                  "selected_train_all3": f"{result.selected_score:.4f}"})
-            version, logged_uri = versions.register_generator(t, run_id, result.export_dir, result.step, cfg.model,
-                                                              frames, size, registered_model, tags)
+            profile = dataset.summary_profile(data_dir)
+            description = versions.describe_training({
+                "model": cfg.model, "profile": cfg.profile, "step": result.step, "seed": cfg.seed,
+                "world_size": cfg.world_size, "global_batch": cfg.batch_size * cfg.world_size,
+                "manifest_checksum": manifest_checksum, "clips": profile["clips"]["train"],
+                "motions": profile["motions"], "code_version": code_version, "run_id": run_id,
+                "run_link": tracking.run_link(t, run_id), "flow_run_id": str(flow_run.id),
+                "flow_run_link": flow_run.ui_url})
+            version, logged_uri = versions.register_generator(
+                t, run_id, result.export_dir, result.step, cfg.model, frames, size, registered_model,
+                {**tags, "prefect.flow_run_id": str(flow_run.id)}, description)
             # a resume with nothing left to train logs no metrics: report the run's last ones instead
             metrics = result.metrics or {k: v for k, v in t.client().get_run(run_id).data.metrics.items()
                                          if not k.startswith("system/")}
@@ -195,6 +207,8 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
         "model": cfg.model, "profile": cfg.profile, "manifest_checksum": manifest_checksum,
         "code_version": code_version, "tracking_uri": t.tracking_uri, "mlflow_ui": tracking.ui_command(t),
     }
+    assets.record({"version": version, "model_uri": summary["model_uri"], "run_id": run_id, "model": cfg.model,
+                   "step": result.step, "manifest_checksum": manifest_checksum, "code_version": code_version})
     create_markdown_artifact(_summary_markdown(summary), key=f"train-{cfg.model}",
                              description=f"training of {cfg.model} ({cfg.profile}): MLflow run and registered version")
     logger.info("registered %s version %s (%s)", registered_model, version, summary["model_uri"])
@@ -232,9 +246,14 @@ def train_inputs(req: t2v_config.TrainRequest, registered_model: str = versions.
             "registered_model": registered_model, "progress": progress, "launch": dict(launch or {})}
 
 
-def train_task(out_dir: str | Path, refresh: bool = False) -> Task:
-    """`train_model` with its results kept under the output dir; `refresh` retrains even on a cache hit."""
-    return train_model.with_options(result_storage=Path(out_dir) / RESULTS_DIR, refresh_cache=refresh)
+def train_task(out_dir: str | Path, inputs: Mapping[str, Any], refresh: bool = False) -> Task:
+    """`train_model` with its results kept under the output dir, materializing the registered model's
+    Prefect asset from the dataset's (`inputs`: the call's arguments); `refresh` retrains even on a
+    cache hit."""
+    return train_model.with_options(
+        result_storage=Path(out_dir) / RESULTS_DIR, refresh_cache=refresh,
+        assets=[assets.model_asset(inputs["tracking_uri"], inputs.get("registered_model", versions.REGISTERED_MODEL))],
+        asset_deps=[assets.dataset_asset(inputs["data_dir"])])
 
 
 def cached_result_usable(result: Mapping[str, Any]) -> bool:

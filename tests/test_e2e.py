@@ -27,6 +27,7 @@ def drifting_left(rng, p):
 DATA_PARAMS = {"clips_per_combo": 2, "val_per_combo": 1, "frames": 8, "size": 32, "workers": 2}
 PIPELINE_PARAMS = {**DATA_PARAMS, "motions": ["moving up", "moving right"], "max_steps": 2,
                    "train_overrides": {"batch_size": 4, "num_workers": 0}, "eval_samples": 1}
+NIGHTLY_PARAMS = {**PIPELINE_PARAMS, "motions": ["moving up", "moving right", "drifting left"]}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
     mp.setenv("T2V_MOTION_PLUGINS", "e2e_motion")  # a motion the test registers: the served runs see it
     mp.setenv("PYTHONPATH", os.pathsep.join([str(tmp / "plugins"), str(Path(__file__).resolve().parents[1])]))
     mp.setenv("T2V_STACK_NO_UI", "1")
-    cfg = StackConfig(state=tmp / "state", data=tmp / "data", prefect_port=free_port(), mlflow_port=free_port())
+    mp.setenv("T2V_NIGHTLY_PARAMS", json.dumps(NIGHTLY_PARAMS))  # what the triggered retrain runs with
+    cfg = StackConfig(state=tmp / "state", data=tmp / "data", prefect_port=free_port(), mlflow_port=free_port(),
+                      retrain_on_data=True)
     try:
         up(cfg)
         yield cfg
@@ -87,6 +90,27 @@ def task_states(cfg: StackConfig, flow_run_id: str) -> list[tuple[str, str]]:
     return against(cfg, read)
 
 
+def wait_for_flow_run(cfg: StackConfig, deployment: str, timeout: float = 420) -> Any:
+    """The first flow run of the served deployment named `deployment`, once it is in a final state."""
+
+    async def read() -> Any:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+        async with get_client() as client:
+            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=[deployment])))
+            return runs[0] if runs else None
+
+    deadline = time.monotonic() + timeout
+    while True:
+        run = against(cfg, read)
+        if run is not None and run.state is not None and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"no finished {deployment} run after {timeout:.0f}s: {run and run.state}"
+        time.sleep(2)
+
+
 def against(cfg: StackConfig, read: Any) -> Any:
     """Run an API read against this stack's server, whatever server other fixtures have configured."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
@@ -104,6 +128,23 @@ def artifact_keys(cfg: StackConfig) -> set[str]:
             return {a.key for a in await client.read_artifacts() if a.key}
 
     return against(cfg, read)
+
+
+def test_up_returns_with_every_deployment_ready_and_no_idle_job_consumers(stack: StackConfig) -> None:
+    import psutil
+
+    from deployments import stack as stack_mod
+
+    async def read() -> dict[str, str]:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return {n: str((await client.read_deployment_by_name(n)).status.value) for n in stack_mod.SERVED}
+
+    assert against(stack, read) == {n: "READY" for n in stack_mod.SERVED}  # what the UI shows as Ready
+    server = psutil.Process(stack_mod._running(stack, "mlflow"))
+    family = [" ".join(p.cmdline()) for p in server.children(recursive=True)]
+    assert not [c for c in family if "huey" in c or "mlflow.server.jobs" in c], family
 
 
 def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
@@ -148,6 +189,57 @@ def test_full_pipeline_demo_deployment_end_to_end(stack: StackConfig) -> None:
 
     motions = set(pq.read_table(root / "manifest.parquet").column("motion").to_pylist())
     assert motions == {"moving up", "moving right", "drifting left"}
+
+    # the retrain trigger: add-motions completing started the nightly on the grown dataset
+    from t2v import dataset
+
+    nightly = wait_for_flow_run(stack, "nightly")
+    assert nightly.state.name == "Completed", nightly.state
+    checksum = dataset.manifest_checksum(root)
+    grown = [v for v in client.search_model_versions("name='t2v-generator'")
+             if client.get_run(v.run_id).data.tags["dataset.manifest_checksum"] == checksum]
+    assert [v.version for v in grown] == ["2"]
+    assert client.get_run(grown[0].run_id).data.tags["prefect.flow_run_id"] != ""
+
+
+def test_the_asset_graph_reads_dataset_model_evaluation(stack: StackConfig) -> None:
+    """What the runs above materialized, read back from the Prefect API's events: the dataset (each
+    publish), each new version of the model from the dataset (the second demo run's training was a
+    cache hit) and the evaluations from the model."""
+    from tasks import assets
+
+    dataset_key = assets.dataset_asset(stack.data).key
+    model_key = assets.model_asset(stack.mlflow_url, "t2v-generator").key
+    eval_key = assets.evaluation_asset(stack.mlflow_url, "t2v-generator").key
+    auth = basic(stack.env()["PREFECT_API_AUTH_STRING"])
+    body = json.dumps({"filter": {"event": {"prefix": ["prefect.asset.materialization.succeeded"]}},
+                       "limit": 50}).encode()
+    deadline = time.monotonic() + 60
+    while True:  # events are persisted a few seconds after they are emitted
+        status, _, raw = request(f"{stack.prefect_api_url}/events/filter", "POST",
+                                 {"Content-Type": "application/json", **auth}, body)
+        assert status == 200, raw[:500]
+        events = json.loads(raw)["events"]
+        made = [e["resource"]["prefect.resource.id"] for e in events]
+        if (made.count(model_key) >= 2 and made.count(dataset_key) >= 4 and eval_key in made) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert {dataset_key, model_key, eval_key} <= set(made), made
+    by_key: dict[str, list[dict]] = {}
+    for e in events:
+        by_key.setdefault(e["resource"]["prefect.resource.id"], []).append(e)
+
+    def upstream(e: dict) -> set[str]:
+        return {r["prefect.resource.id"] for r in e["related"] if r.get("prefect.resource.role") == "asset"}
+
+    assert all(upstream(e) == set() for e in by_key[dataset_key])
+    assert all(upstream(e) == {dataset_key} for e in by_key[model_key])
+    assert all(upstream(e) == {model_key} for e in by_key[eval_key])
+    assert sorted(e["payload"]["version"] for e in by_key[model_key]) == ["1", "2"]  # the demo's, the retrain's
+    assert all(len(e["payload"]["manifest_checksum"]) == 64 for e in by_key[model_key])
+    assert all(0.0 <= e["payload"]["judge_heldout_all3"] <= 1.0 for e in by_key[eval_key])
+    assert len(by_key[dataset_key]) == 4  # every publish: two demo runs, add-motions, the retrain
 
 
 def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,

@@ -474,7 +474,8 @@ def test_late_rejections_are_usage_errors_that_leave_no_run_and_no_dir(
 def test_a_dead_tracking_server_fails_training_within_two_minutes_and_the_rerun_registers_one_version(
         tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Fault case 5: the MLflow server is SIGKILLed mid-training; training gives up after MLflow's
-    bounded retries with backoff, naming the server and the checkpoint; once the server is back, the
+    bounded retries with backoff (tightened here through MLFLOW_HTTP_REQUEST_*), naming the server
+    and the checkpoint; once the server is back, the
     same command resumes the same run and registers exactly one version."""
     import os
     import signal
@@ -510,7 +511,10 @@ def test_a_dead_tracking_server_fails_training_within_two_minutes_and_the_rerun_
             pass
         server.wait(timeout=30)
 
-    env = command_env(tmp_path, MLFLOW_TRACKING_URI=url)
+    # MLflow's retry bounds, tightened the documented way: the defaults (4 retries, backoff 2) gave up
+    # after 63 s in CI, which this test need not wait for to check that the bound holds
+    env = command_env(tmp_path, MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+                      MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     out, log = tmp_path / "run", tmp_path / "train.log"
     args = ["train", "--data", str(tiny), "--out", str(out), "--max-steps", "40", "--no-progress", *TINY_SETS]
     server = start_server()
@@ -529,7 +533,7 @@ def test_a_dead_tracking_server_fails_training_within_two_minutes_and_the_rerun_
         assert "rerun the same command to resume" in text
         with capsys.disabled():
             print(f"\n  gave up on the dead tracking server after {took:.0f} s")
-        assert took < 150, f"training took {took:.0f} s to give up on a dead tracking server"
+        assert took < 60, f"training took {took:.0f} s to give up on a dead tracking server"
         assert (out / "checkpoints" / "last.pt").is_file()
 
         server = start_server()  # the same store, back on the same address

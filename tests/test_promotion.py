@@ -80,6 +80,23 @@ def test_first_model_becomes_champion(history: dict[str, Any], store: dict[str, 
     assert "first" in tags["eval.reason"]
 
 
+def test_the_evaluation_writes_the_version_description_and_its_dataset_input(
+        history: dict[str, Any], store: dict[str, Any]) -> None:
+    import json
+
+    c = client(store)
+    worse = c.get_model_version(NAME, history["v3"])
+    m = history["worse"]["metrics"]
+    assert worse.description.startswith("## Evaluation")  # no training section: these versions were not trained
+    assert f"{m['judge_heldout_all3']:.3f} (pixel judge)" in worse.description
+    assert f"**not promoted** ({history['worse']['reason']}); champion is now version {history['v2']}" in worse.description
+    (di,) = [d for d in c.get_run(worse.run_id).inputs.dataset_inputs
+             if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "evaluation"]
+    assert di.dataset.name.endswith("-heldout")
+    profile = json.loads(di.dataset.profile)
+    assert profile["prompts"]["heldout"] == int(m["n_prompts_heldout"]) and profile["samples"] == EVAL["samples"]
+
+
 def test_the_reference_featnet_is_trained_once_then_reused(history: dict[str, Any]) -> None:
     """The tiny vocabulary of this dataset ships no reference network: the first evaluation trains it,
     every later one (another model, the champion again) loads it."""

@@ -65,8 +65,13 @@ def test_profiles_and_overrides() -> None:
     base = config_for("cpu-demo", model="baseline")  # the tutorial's optimiser and batch
     assert (base.batch_size, base.lr_g, base.lr_d, base.betas) == (16, 2e-4, 2e-4, (0.5, 0.999))
     assert config_for("cpu-demo", model="baseline", batch_size=8).batch_size == 8
-    with pytest.raises(ValueError, match="valid profiles: cpu-demo, gpu"):
+    with pytest.raises(ValueError, match="valid profiles: cpu-demo, gpu, auto"):
         config_for("tpu")
+    import torch
+
+    auto = config_for("auto", max_steps=3)  # the nightly's and full-pipeline's default
+    assert auto.profile == ("gpu" if torch.cuda.is_available() else "cpu-demo")
+    assert auto == config_for(auto.profile, max_steps=3)
     with pytest.raises(ValueError, match="unknown config field.*max_step.*valid fields: model"):
         config_for("cpu-demo", max_step=3)
     with pytest.raises(ValueError, match="valid models: video, baseline"):

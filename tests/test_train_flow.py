@@ -214,6 +214,42 @@ def test_cli_prints_run_version_and_uri(trained: dict[str, tuple[Any, dict[str, 
     assert "unknown config field(s) nope" in bad.stderr
 
 
+def test_a_version_leads_back_to_its_run_flow_run_dataset_and_code(
+        trained: dict[str, tuple[Any, dict[str, Any]]], data_dir: Path, prefect_api: str, mlflow_store: str,
+        t2v_cli: Any) -> None:
+    import json
+
+    state, r = trained["video"]
+    flow_run_id = str(state.state_details.flow_run_id)
+    client = MlflowClient(mlflow_store)
+    run = client.get_run(r["run_id"])
+    (di,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in di.tags} == {"mlflow.data.context": "training",
+                                                 "manifest_checksum": r["manifest_checksum"]}
+    assert di.dataset.digest == r["manifest_checksum"][:36]
+    assert json.loads(di.dataset.source)["uri"] == str(data_dir / dataset.MANIFEST)
+    manifest = dataset.load_manifest(data_dir)
+    profile = json.loads(di.dataset.profile)
+    assert profile["clips"]["train"] == int((manifest["split"] == "train").sum()) > 0
+    assert profile["motions"] == sorted(TINY_DATA.motions)
+
+    mv = client.get_model_version(REGISTERED, r["model_version"])
+    assert mv.description.startswith("**video** generator, profile `cpu-demo`: 2 steps, seed 0")
+    assert r["manifest_checksum"][:16] in mv.description and r["run_id"] in mv.description
+    assert f"Prefect flow run: [{flow_run_id}](" in mv.description and mv.tags["prefect.flow_run_id"] == flow_run_id
+    assert "models:/t2v-generator@champion" in client.get_registered_model(REGISTERED).description
+
+    proc = t2v_cli("lineage", r["model_uri"], env={"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_store})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"{r['model_uri']} -> {REGISTERED} version {r['model_version']}" in out
+    assert f"MLflow run:       {r['run_id']} (video-cpu-demo, FINISHED)" in out
+    assert f"Prefect flow run: {flow_run_id} (train-stage/" in out
+    assert f"manifest checksum {r['manifest_checksum']}" in out
+    assert f"training: t2v-{r['manifest_checksum'][:12]} from {data_dir / dataset.MANIFEST}" in out
+    assert f"code version:     {r['code_version']} (model video, profile cpu-demo, step 2, seed 0)" in out
+
+
 def test_failed_attempt_is_retried_from_its_checkpoint_in_the_same_run(
         prefect_api: str, mlflow_store: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash in step 3 (after the step-2 checkpoint): Prefect's retry resumes at step 2, same MLflow run."""

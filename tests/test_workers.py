@@ -80,5 +80,5 @@ def test_prefect_deploy_all_and_a_worker_run_add_motions(worker_env: dict[str, s
 
     d = asyncio.run(nightly())
     assert d.work_pool_name == "t2v"
-    assert d.parameters == {"out": "data", "profile": "gpu", "warm_start": True, "nproc_per_node": 1}
+    assert d.parameters == {"out": "data", "profile": "auto", "warm_start": True, "nproc_per_node": 1}
     assert [s.schedule.cron for s in d.schedules] == ["0 2 * * *"]
