@@ -471,8 +471,8 @@ def test_late_rejections_are_usage_errors_that_leave_no_run_and_no_dir(
     assert not db.exists()  # no store was even opened, so no FAILED run in it
 
 
-def test_a_dead_tracking_server_fails_training_within_two_minutes_and_the_rerun_registers_one_version(
-        tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_dead_tracking_server_fails_training_in_bounded_time_and_the_rerun_registers_one_version(
+        tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture, prefect_api: str) -> None:
     """Fault case 5: the MLflow server is SIGKILLed mid-training; training gives up after MLflow's
     bounded retries with backoff (tightened here through MLFLOW_HTTP_REQUEST_*), naming the server
     and the checkpoint; once the server is back, the
@@ -513,8 +513,9 @@ def test_a_dead_tracking_server_fails_training_within_two_minutes_and_the_rerun_
 
     # MLflow's retry bounds, tightened the documented way: the defaults (4 retries, backoff 2) gave up
     # after 63 s in CI, which this test need not wait for to check that the bound holds
-    env = command_env(tmp_path, MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
-                      MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    env = command_env(tmp_path, MLFLOW_TRACKING_URI=url, PREFECT_API_URL=prefect_api,
+                      MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+                      MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     out, log = tmp_path / "run", tmp_path / "train.log"
     args = ["train", "--data", str(tiny), "--out", str(out), "--max-steps", "40", "--no-progress", *TINY_SETS]
     server = start_server()
