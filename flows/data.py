@@ -35,7 +35,8 @@ def data_stage(
     """Build (or grow) the dataset at `out`: one cached render task per (motion, shard) across
     `workers` processes (or the workers of the Dask cluster at `dask_address`, e.g. tcp://HOST:8786,
     which must see `out` at the same path), verification of every shard (stale cache hits
-    re-rendered), then the manifest.
+    re-rendered), then the manifest. One run writes a dataset at a time (`<out>/.t2v-data.lock`: a
+    second fails naming the holder; a dead holder's lock is taken over).
 
     Returns {root, manifest, counts, checksum, rendered, cached, kept_motions}; `rendered`/`cached`
     list shard paths by what their task runs did.

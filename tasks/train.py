@@ -181,7 +181,7 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
                 "manifest_checksum": manifest_checksum, "clips": profile["clips"]["train"],
                 "motions": profile["motions"], "code_version": code_version, "run_id": run_id,
                 "run_link": tracking.run_link(t, run_id), "flow_run_id": str(flow_run.id),
-                "flow_run_link": flow_run.ui_url})
+                "flow_run_link": _ui_link(flow_run.ui_url)})
             version, logged_uri = versions.register_generator(
                 t, run_id, result.export_dir, result.step, cfg.model, frames, size, registered_model,
                 {**tags, "prefect.flow_run_id": str(flow_run.id)}, description)
@@ -235,6 +235,11 @@ def _train_ranks(cfg: t2v_config.TrainConfig, data_dir: Path, out: Path, run_id:
         raise RanksFailedError(f"torchrun exited with status {rc}: a rank failed and the others were stopped (their "
                                f"output is above); the last checkpoint in {out} is kept, and a rerun resumes from it")
     return t2v_train.load_result(out)
+
+
+def _ui_link(url: str | None) -> str | None:
+    """A Prefect UI link, or None where there is no UI to link to (the temporary server: "None/flow-runs/...")."""
+    return url if url and url.startswith(("http://", "https://")) else None
 
 
 def train_inputs(req: t2v_config.TrainRequest, registered_model: str = versions.REGISTERED_MODEL,
