@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from t2v import shards as sh
-from t2v.io import atomic_write_bytes, sha256_file, source_hash
+from t2v.io import atomic_write_bytes, source_hash
 from t2v import vocab
 from t2v.render import renderer_version
 from t2v.shards import DataParams, ShardInfo, ShardSpec
@@ -360,8 +360,10 @@ def shard_urls(root: str | os.PathLike[str], split: str, verify: bool = True) ->
     """Absolute paths of the shards the published manifest lists for one split, for `webdataset`.
 
     Exactly those: a file dropped into `shards/<split>/` is never read, so a run's manifest checksum
-    names all it trained or was judged on. With `verify`, each shard's sha256 is checked against the
-    manifest first, and its tar headers by `member_problems` (together about 3 s per 500 MB).
+    names all it trained or was judged on. With `verify`, each shard is read once: its sha256 is
+    checked against the manifest, then its tar headers by `member_problems`. On a 2-core machine the
+    default dataset (15.6 MiB, 65 shards) takes 0.75 s, about 24 s per 500 MB; sha256 alone is 0.5 s
+    per 500 MB, and Python's tar header parsing is most of the rest.
     """
     root = Path(root)
     if not (root / SHARDS_TABLE).is_file():
@@ -377,10 +379,12 @@ def shard_urls(root: str | os.PathLike[str], split: str, verify: bool = True) ->
             path = root / i.path
             if not path.is_file():
                 bad.append(f"{i.path} is missing")
-            elif (digest := sha256_file(path)) != i.sha256:
+                continue
+            data = path.read_bytes()  # once, for both checks
+            if (digest := hashlib.sha256(data).hexdigest()) != i.sha256:
                 bad.append(f"{i.path} has sha256 {digest[:12]}, the manifest {i.sha256[:12]}")
             else:
-                bad += [f"{i.path}: {problem}" for problem in member_problems(path)]
+                bad += [f"{i.path}: {problem}" for problem in member_problems(data)]
         if bad:
             raise ShardIntegrityError(f"{len(bad)} {split} shard(s) of {str(root)!r} differ from its manifest: "
                                       f"{'; '.join(bad[:5])}; rerun `t2v data --out {root}` with the same "
@@ -388,8 +392,8 @@ def shard_urls(root: str | os.PathLike[str], split: str, verify: bool = True) ->
     return [str(root / i.path) for i in infos]
 
 
-def member_problems(path: str | os.PathLike[str], max_ratio: int = 32) -> list[str]:
-    """What is wrong with a shard's tar headers, found without extracting or allocating by them:
+def member_problems(data: bytes, max_ratio: int = 32) -> list[str]:
+    """What is wrong with the tar headers of a shard's bytes, found without extracting or allocating by them:
     member names that are absolute or climb out (`..`), members that are not regular files (links,
     devices), sizes declared past the end of the archive, and more than `max_ratio` times its
     compressed size when decompressed (a gzip bomb). Empty for every shard the pipeline writes."""
@@ -397,7 +401,6 @@ def member_problems(path: str | os.PathLike[str], max_ratio: int = 32) -> list[s
     import zlib
     from pathlib import PurePosixPath
 
-    data = Path(path).read_bytes()
     cap = max_ratio * len(data) + 2**20
     try:
         z = zlib.decompressobj(wbits=31)  # gzip
@@ -464,11 +467,15 @@ def count_summary(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
     return out
 
 
+def split_totals(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Clips per split, summed over the motions of a `count_summary`."""
+    return {s: sum(c[s] for c in counts.values()) for s in sh.SPLITS}
+
+
 def summary_profile(root: str | os.PathLike[str]) -> dict[str, object]:
     """What a dataset holds, for a person reading a run: clips per split, the motions, the shards."""
     counts = count_summary(load_manifest(root))
-    return {"clips": {s: sum(c[s] for c in counts.values()) for s in sh.SPLITS}, "motions": sorted(counts),
-            "shards": len(load_shards(root))}
+    return {"clips": split_totals(counts), "motions": sorted(counts), "shards": len(load_shards(root))}
 
 
 def manifest_checksum(root: str | os.PathLike[str]) -> str:

@@ -113,11 +113,17 @@ def _holder(fd: int) -> dict | None:
         return {"unreadable": raw[:80].decode(errors="replace")}
 
 
-def _busy(fd: int, path: Path, what: str) -> BusyError:
-    h = _holder(fd)
-    who = f"pid {h.get('pid')} on {h.get('host')}, since {h.get('since')}" if h else "a process that wrote no details"
-    return BusyError(f"{what} is being written by another run ({who}); the lock is {path}. "
-                     f"Wait for that run to finish or stop it, then rerun")
+def _lock_or_busy(fd: int, path: Path, what: str) -> None:
+    """Take the lock on `fd` without waiting, or raise BusyError naming its holder."""
+    import fcntl
+
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        h = _holder(fd)
+        who = f"pid {h.get('pid')} on {h.get('host')}, since {h.get('since')}" if h else "a process that wrote no details"
+        raise BusyError(f"{what} is being written by another run ({who}); the lock is {path}. "
+                        f"Wait for that run to finish or stop it, then rerun") from None
 
 
 @contextmanager
@@ -128,7 +134,6 @@ def exclusive_lock(path: Path, what: str) -> Iterator[dict | None]:
     that dies, so a lock left by a killed run is taken over: the file still names that holder, which is
     yielded (None when the previous holder released it, which empties the file).
     `lockf` locks hold across NFS clients too, unlike `flock` on some kernels."""
-    import fcntl
     import json
     import socket
     import time
@@ -137,10 +142,7 @@ def exclusive_lock(path: Path, what: str) -> Iterator[dict | None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise _busy(fd, path, what) from None
+        _lock_or_busy(fd, path, what)
         stale = _holder(fd)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -158,16 +160,11 @@ def exclusive_lock(path: Path, what: str) -> Iterator[dict | None]:
 def check_unlocked(path: Path, what: str) -> None:
     """BusyError if a live process holds `exclusive_lock(path)` now: a fast check before starting
     anything (the lock itself decides). Creates nothing."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise _busy(fd, path, what) from None
+        _lock_or_busy(fd, path, what)
     finally:
         os.close(fd)

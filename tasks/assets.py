@@ -17,6 +17,8 @@ from prefect.assets import Asset, AssetProperties
 from prefect.context import AssetContext
 from prefect.types.names import MAX_ASSET_KEY_LENGTH, RESTRICTED_ASSET_CHARACTERS
 
+from t2v import dataset
+
 
 def _key(scheme: str, path: str) -> str:
     """`scheme://path` with the characters Prefect refuses in keys replaced; long keys end in a hash."""
@@ -28,7 +30,7 @@ def _key(scheme: str, path: str) -> str:
 
 
 def dataset_asset(root: str | Path) -> Asset:
-    manifest = Path(root).expanduser().resolve() / "manifest.parquet"
+    manifest = Path(root).expanduser().resolve() / dataset.MANIFEST
     return Asset(key=_key("file", str(manifest)), properties=AssetProperties(
         name=f"t2v dataset {Path(root).name}", url=manifest.as_uri(),
         description="Rendered clips in WebDataset shards, listed with their sha256 by this manifest."))

@@ -29,7 +29,7 @@ from prefect.tasks import Task
 from tasks import assets, results
 from t2v import dataset, vocab
 from t2v.render import ClipSpec, renderer_version
-from t2v.shards import SPLITS, DataParams, ShardInfo, ShardSpec, plan, verify_shard, write_shard
+from t2v.shards import DataParams, ShardInfo, ShardSpec, plan, verify_shard, write_shard
 
 RESULTS_DIR = ".cache/prefect-results"  # under the dataset root: the cache lives and dies with the data
 
@@ -110,7 +110,7 @@ def publish_manifest(root: str, params: dict[str, Any], infos: list[dict[str, An
                           len(infos))
     checksum = dataset.manifest_checksum(root)
     assets.record({"manifest_checksum": checksum, "shards": len(infos), "motions": sorted(counts),
-                   "clips": {s: sum(c[s] for c in counts.values()) for s in SPLITS}})
+                   "clips": dataset.split_totals(counts)})
     return {"manifest": str(path), "counts": counts, "checksum": checksum}
 
 

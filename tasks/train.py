@@ -151,8 +151,9 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
             changed = tracking.log_params_once(t.client(), run_id, {
                 **tracking.flatten_params(cfg.to_dict()), "data.frames": str(frames), "data.size": str(size),
                 "global_batch": str(cfg.batch_size * cfg.world_size)})
+            profile = dataset.summary_profile(data_dir)  # the run page's dataset input, and the version's description
             tracking.log_dataset(t.client(), run_id, str(Path(data_dir) / dataset.MANIFEST), manifest_checksum,
-                                 dataset.summary_profile(data_dir), "training")  # the run page's dataset input
+                                 profile, "training")
             logger.info("MLflow run %s (%s)%s", run_id, tracking.run_link(t, run_id),
                         f"; changed on resume: {changed}" if changed else "")
 
@@ -174,7 +175,6 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
             if result.selected_step is not None:  # which EMA weights were exported, and their train-prompt score
                 mlflow.set_tags({"selected_step": str(result.selected_step),
                                  "selected_train_all3": f"{result.selected_score:.4f}"})
-            profile = dataset.summary_profile(data_dir)
             description = versions.describe_training({
                 "model": cfg.model, "profile": cfg.profile, "step": result.step, "seed": cfg.seed,
                 "world_size": cfg.world_size, "global_batch": cfg.batch_size * cfg.world_size,
