@@ -54,7 +54,12 @@ CLIENT = textwrap.dedent("""
 
 def random_export(tmp: Path, kind: str, frames: int = 16, size: int = 64) -> tuple[Path, np.ndarray]:
     """An export of a randomly initialised generator and what the sampler makes of PROMPTS (seed 0)."""
+    import torch
+
     spec = GeneratorSpec(kind, frames, size)
+    # A fixed init: about half of the untrained conv3d inits map seed 0 and seed 1 to the same uint8
+    # clips (the noise moves its output by less than a grey level), which made the seed test flaky.
+    torch.manual_seed(1)
     g, te = build_generator(spec)
     path = export_generator(g, te, spec, tmp / f"export-{kind}")
     return path, load_generator(path, "cpu").generate(PROMPTS, seed=0)
