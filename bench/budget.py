@@ -1,7 +1,9 @@
 """What step budget a family needs: train it to each budget in turn and score the held-out prompts after each.
 
-One run dir, resumed from budget to budget (max_steps is a run-length field, so a checkpoint at 1,800
-steps continues to 3,600 as one uninterrupted run would: the same data order, noise and selection).
+One run dir, resumed from budget to budget: max_steps is a run-length field, so the checkpoint at 1,800
+steps trains on to 3,600 (weights, optimisers, RNG states and the selection's best carry over; the data
+stream restarts, seeded by the step, so the result is that of a resumed run, not of one started with
+max_steps=3600, and is the same on every rerun of this script).
 After each budget the shipped weights (the pixel judge's pick on the train prompts) generate every
 held-out prompt and `--seen` seen prompts x `--samples` noise seeds, scored by the pixel judge, the
 shipped reference featnet's Fréchet distance and the start-position spread. Library only: no Prefect,
@@ -53,14 +55,15 @@ def main() -> None:
     from t2v import train as tr
     from t2v.sampler import load_generator
 
-    try:  # bad input fails here, before any work
+    try:  # bad input fails here, before any work, naming the value
         cfgs = [config.config_for(a.profile, model=a.model, max_steps=b, **overrides) for b in a.budgets]
-    except ValueError as e:
+        *vocabulary, frames, size = dataset_vocabulary(a.data)
+        cfg_eval = ev.EvalConfig(samples=a.samples, seen_prompts=a.seen)
+        pset = ev.prompt_set(*vocabulary, frames, size, cfg_eval)
+        clf = featnet.load(featnet.SHIPPED_DIR / featnet.reference_key(featnet.reference_params(*vocabulary, frames,
+                                                                                                  size)))
+    except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
-    *vocabulary, frames, size = dataset_vocabulary(a.data)
-    clf = featnet.load(featnet.SHIPPED_DIR / featnet.reference_key(featnet.reference_params(*vocabulary, frames, size)))
-    cfg_eval = ev.EvalConfig(samples=a.samples, seen_prompts=a.seen)
-    pset = ev.prompt_set(*vocabulary, frames, size, cfg_eval)
     out = a.runs / (a.model + "".join(f"-{k}={v}" for k, v in sorted(overrides.items())) + f"-seed{cfgs[0].seed}")
     report: dict[str, object] = {"data": str(a.data), "model": a.model, "profile": a.profile, "overrides": overrides,
                                  "samples": a.samples, "prompts": {"heldout": len(pset.heldout), "seen": len(pset.seen)},
