@@ -157,6 +157,7 @@ def run_data(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     check_unlocked(Path(args.out) / dataset.LOCK, f"dataset {Path(args.out).resolve()}")  # before Prefect starts
 
+    _quiet_console()
     from flows.data import data_stage
 
     summary = data_stage(
@@ -260,6 +261,7 @@ def run_train(args: argparse.Namespace) -> int:
     if (args.node_rank > 0 and not launched) or env_rank > 0:
         return _train_ranks_here(req, args, launched)
 
+    _quiet_console()
     from flows.train import train_stage
 
     launch = ({"nproc_per_node": env_world} if launched else
@@ -304,6 +306,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
+    _quiet_console()
     from flows.evaluate import eval_stage
 
     r = eval_stage(model=req.model.uri, data=str(req.data_dir), samples=args.samples,
@@ -478,6 +481,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
+    _quiet_console()
     from flows.pipeline import full_pipeline
     from registry import tracking
 
@@ -517,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2v", description="Text-to-video pipeline on synthetic clips: "
                                      "data -> training -> evaluation -> registry.")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback when a command fails")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Prefect's and MLflow's INFO records on the terminal (every task run, shard and "
+                             "checkpoint); by default it shows progress bars, one line per stage, retries and warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -529,13 +536,30 @@ PREFECT_DEFAULTS = {  # the project's Prefect settings, whoever starts the comma
     "PREFECT_SERVER_TELEMETRY_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # the default 20 s fails on a busy laptop
 }
+CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"  # Prefect's terminal handler (its run logs keep INFO)
+QUIET = {  # without --verbose: progress bars, stage lines, retries and warnings; per-task INFO stays in the logs
+    CONSOLE_LEVEL: "WARNING",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO notices (creating tables, system metrics on/off)
+}
+
+
+def _quiet_console() -> None:
+    """Before a flow runs in this process: on a quiet console, show the stages' summary lines (and say
+    that a temporary Prefect server is starting, the ~10 s before the first bar)."""
+    if os.environ.get(CONSOLE_LEVEL, "").upper() not in ("WARNING", "ERROR", "CRITICAL"):
+        return
+    from tasks.console import show_stage_lines
+
+    show_stage_lines()
+    if not os.environ.get("PREFECT_API_URL"):
+        print("starting a temporary Prefect server (set PREFECT_API_URL to use a running one)", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point `t2v`: returns the exit status (0 ok, 1 failed run, 2 bad input)."""
     args = build_parser().parse_args(argv)
     if args.command in SPAWNING:
-        for key, value in PREFECT_DEFAULTS.items():
+        for key, value in {**PREFECT_DEFAULTS, **({} if args.verbose else QUIET)}.items():
             os.environ.setdefault(key, value)
         from cli import watchdog
 

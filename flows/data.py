@@ -10,6 +10,7 @@ from prefect import flow
 from t2v import dataset
 from t2v.io import exclusive_lock
 from t2v.shards import DataParams, plan
+from tasks.console import say
 from tasks.data import publish_task, render_inputs, render_task, task_runner, verify_shards, wait_with_progress
 
 _D = DataParams()  # defaults live in one place: DataParams
@@ -56,12 +57,12 @@ def data_stage(
     root = dataset.claim(req.root)
     with exclusive_lock(root / dataset.LOCK, f"dataset {root}") as stale:  # one writer per dataset
         if stale:
-            print(f"took over the lock of a run that did not finish (pid {stale.get('pid')} on {stale.get('host')}, "
-                  f"since {stale.get('since')})")
+            say(f"took over the lock of a run that did not finish (pid {stale.get('pid')} on {stale.get('host')}, "
+                f"since {stale.get('since')})")
         req = dataset.validate_request(request, out, force=force)  # again: another run may have published meanwhile
         specs = plan(req.params)
         if req.kept:
-            print(f"keeping motions already in {root}: {', '.join(req.kept)}")
+            say(f"keeping motions already in {root}: {', '.join(req.kept)}")
 
         with task_runner(workers, dask_address) as runner:
             render = render_task(root)
@@ -76,7 +77,7 @@ def data_stage(
 
             bad = verify_shards(str(root), infos)
             if bad:  # a cache hit whose file went missing or changed: render it again
-                print(f"re-rendering {len(bad)} shard(s) that failed verification: {', '.join(sorted(bad))}")
+                say(f"re-rendering {len(bad)} shard(s) that failed verification: {', '.join(sorted(bad))}")
                 refresh = render_task(root, refresh=True)
                 by_path = {s.path: s for s in specs}
                 redo = {p: runner.submit(refresh, render_inputs(root, by_path[p])) for p in bad}
@@ -102,8 +103,8 @@ def data_stage(
             "kept_motions": list(req.kept),
         }
     where = f" on the Dask cluster at {dask_address}" if dask_address else ""
-    print(f"data-stage: {summary['clips']} clips in {len(specs)} shards at {root}{where} "
-          f"({len(summary['rendered'])} rendered, {len(summary['cached'])} cached)")
+    say(f"data-stage: {summary['clips']} clips in {len(specs)} shards at {root}{where} "
+        f"({len(summary['rendered'])} rendered, {len(summary['cached'])} cached)")
     return summary
 
 

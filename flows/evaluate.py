@@ -11,6 +11,7 @@ from registry import versions
 from registry.evaluation import EvalRequest, check_eval_request
 from t2v import dataset
 from t2v.evaluate import EvalConfig
+from tasks.console import say
 from tasks.evaluate import cached_result_usable, ensure_featnet, evaluate_inputs, evaluate_task, promote
 
 _E = EvalConfig()
@@ -47,16 +48,16 @@ def eval_stage(
             champion = state.result()
         else:
             champion_error = str(state.message or state.name)
-            print(f"champion version {champ_ref.version} could not be evaluated here: {champion_error}")
+            say(f"champion version {champ_ref.version} could not be evaluated here: {champion_error}")
     elif champ_ref is not None:
         champion = result
     decision = promote(result, champion, req.tracking_uri, champion_error)
     m = result["metrics"]
-    print(f"eval-stage: {req.model.uri}: held-out all-three {m['judge_heldout_all3']:.3f} (pixel judge), "
-          f"{m['featnet_heldout_all3']:.3f} (featnet), FD {m['fd_heldout']:.4g} (real floor {m['fd_floor_heldout']:.4g}); "
-          f"{'promoted' if decision['promoted'] else 'not promoted'}: {decision['reason']}; "
-          f"champion is version {decision['champion_version']}")
-    print(f"MLflow run: {result['run_link']}; media: {result['out_dir']}")
+    say(f"eval-stage: {req.model.uri}: held-out all-three {m['judge_heldout_all3']:.3f} (pixel judge), "
+        f"{m['featnet_heldout_all3']:.3f} (featnet), FD {m['fd_heldout']:.4g} (real floor {m['fd_floor_heldout']:.4g}); "
+        f"{'promoted' if decision['promoted'] else 'not promoted'}: {decision['reason']}; "
+        f"champion is version {decision['champion_version']}")
+    say(f"MLflow run: {result['run_link']}; media: {result['out_dir']}")
     return {**result, **decision, "featnet": net}
 
 
@@ -67,7 +68,7 @@ def _evaluate(req: EvalRequest, ref: versions.ModelRef, net: dict[str, Any], for
     state = evaluate_task(req.data_dir, inputs, refresh=force)(**inputs, return_state=True)
     result = state.result()
     if state.name == "Cached" and not cached_result_usable(result):
-        print(f"cached evaluation of {ref.uri} is stale (media or model version gone): evaluating again")
+        say(f"cached evaluation of {ref.uri} is stale (media or model version gone): evaluating again")
         result = evaluate_task(req.data_dir, inputs, refresh=True)(**inputs)
     return {**result, "cached": state.name == "Cached"}
 

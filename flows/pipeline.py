@@ -20,6 +20,7 @@ from flows.data import data_stage
 from flows.evaluate import eval_stage
 from flows.train import train_stage
 from t2v.shards import DataParams
+from tasks.console import say
 from tasks.train import champion_export
 
 _D = DataParams()
@@ -67,9 +68,9 @@ def full_pipeline(
                           nproc_per_node=nproc_per_node)  # out: t2v.config.run_dir
     evaluated = eval_stage(model=trained["model_uri"], data=data["root"], samples=eval_samples, force=force_eval,
                            progress=progress)
-    print(f"full-pipeline: {data['clips']} clips ({len(data['rendered'])} shards rendered), "
-          f"{trained['model_uri']} (step {trained['step']}{', cached' if trained['cached'] else ''}), "
-          f"champion: version {evaluated.get('champion_version')}")
+    say(f"full-pipeline: {data['clips']} clips ({len(data['rendered'])} shards rendered), "
+        f"{trained['model_uri']} (step {trained['step']}{', cached' if trained['cached'] else ''}), "
+        f"champion: version {evaluated.get('champion_version')}")
     return {"data": data, "train": trained, "evaluate": evaluated}
 
 

@@ -10,6 +10,7 @@ from prefect import flow
 from t2v import dataset
 
 from t2v.config import AUTO_PROFILE, DEFAULT_EXPERIMENT, check_launch, check_train_request
+from tasks.console import say
 from tasks.train import cached_result_usable, train_inputs, train_task
 
 
@@ -44,18 +45,18 @@ def train_stage(
     world_size = check_launch(nproc_per_node, nnodes, 0, rdzv_endpoint)
     req = check_train_request(data, model, profile, max_steps, out, overrides, experiment, world_size)
     if profile == AUTO_PROFILE:
-        print(f"profile auto: {req.config.profile} ({'CUDA is available' if req.config.profile == 'gpu' else 'no CUDA here'})")
+        say(f"profile auto: {req.config.profile} ({'CUDA is available' if req.config.profile == 'gpu' else 'no CUDA here'})")
     launch = {"nproc_per_node": nproc_per_node, "nnodes": nnodes, "rdzv_endpoint": rdzv_endpoint}
     inputs = train_inputs(req, progress=progress, launch=launch)
     state = train_task(req.out_dir, inputs, refresh=force)(**inputs, return_state=True)
     result = state.result()
     cached = state.name == "Cached"
     if cached and not cached_result_usable(result):  # its checkpoint or registered version was removed
-        print("cached training result is stale (checkpoint or registered version gone): training again")
+        say("cached training result is stale (checkpoint or registered version gone): training again")
         result = train_task(req.out_dir, inputs, refresh=True)(**inputs)
         cached = False
-    print(f"train-stage: {result['model']} ({result['profile']}) step {result['step']}, MLflow run "
-          f"{result['run_id']}, {result['model_uri']}{' (cached)' if cached else ''}")
+    say(f"train-stage: {result['model']} ({result['profile']}) step {result['step']}, MLflow run "
+        f"{result['run_id']}, {result['model_uri']}{' (cached)' if cached else ''}")
     return {**result, "cached": cached}
 
 

@@ -110,6 +110,20 @@ def test_data_end_to_end_through_the_command(t2v_cli: Callable, prefect_api: str
     assert f"clips: 8 in {n_shards} shards: {n_shards} rendered, 0 cached" in r.stdout
     assert "moving up" in r.stdout
     assert "expanding" in r.stdout
+    # the terminal gets one line for the stage, not Prefect's INFO record per task run
+    assert f"data-stage: 8 clips in {n_shards} shards at {out} ({n_shards} rendered, 0 cached)" in r.stderr
+    assert "INFO" not in r.stderr, r.stderr[-3000:]
+    assert "Task run" not in r.stderr
+
+    # --verbose hands the terminal back to Prefect's console: every task run's records (here: cached)
+    again = t2v_cli("--verbose", "data", "--out", str(out), "--clips-per-combo", "2", "--val-per-combo", "1",
+                    "--motions", "moving up", "expanding", "--colors", "red", "blue", "--shapes", "circle",
+                    "--frames", "8", "--size", "32", "--shard-size", "4", "--workers", "2", "--no-progress",
+                    env={"PREFECT_API_URL": prefect_api}, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"clips: 8 in {n_shards} shards: 0 rendered, {n_shards} cached" in again.stdout
+    assert again.stderr.count("| INFO    | Task run 'render ") >= n_shards, again.stderr[-3000:]
+    assert again.stderr.count("data-stage: 8 clips") == 1  # the stage line once, through Prefect's console
 
 
 def read_frames(path: Path) -> np.ndarray:
