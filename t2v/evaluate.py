@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -277,16 +279,20 @@ def write_media(out_dir: Path, evaluation: Evaluation, fps: int = 8) -> dict[str
     held = dict(zip(evaluation.prompts, evaluation.held_out))
     files: dict[str, list[str]] = {"gif": [], "mp4": [], "png": []}
     with atomic_dir(Path(out_dir)) as tmp:
-        rows = []
+        rows, jobs = [], []
         for p in order:
             idx = [i for i, q in enumerate(evaluation.prompts) if q == p]
             strip = tile(evaluation.clips[idx])
             name = f"{'heldout' if held[p] else 'seen'}-{safe_name(p)}"
-            media.write_gif(tmp / "clips" / f"{name}.gif", strip, fps=fps)
-            media.write_mp4(tmp / "clips" / f"{name}.mp4", strip, fps=fps)
+            jobs += [(media.write_gif, tmp / "clips" / f"{name}.gif", strip),
+                     (media.write_mp4, tmp / "clips" / f"{name}.mp4", strip)]
             files["gif"].append(f"clips/{name}.gif")
             files["mp4"].append(f"clips/{name}.mp4")
             rows.append((f"{p}{' (held out)' if held[p] else ''}", evaluation.clips[idx[0]]))
+        # one file per job, each encoded outside the GIL (Pillow's encoder, an ffmpeg process): a thread per core
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for done in [pool.submit(write, path, strip, fps=fps) for write, path, strip in jobs]:
+                done.result()  # the first failure, if any, is raised here
         media.write_contact_sheet(tmp / "contact_sheet.png", rows)
         files["png"].append("contact_sheet.png")
         (tmp / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=1, sort_keys=True))
