@@ -60,6 +60,7 @@ class TrainConfig:
     # where the family supports it (separates the text encoder's effect from the generator's in the comparison)
     stabilize: bool = False  # conv3d/rnn: hinge loss, spectral norm and R1 (r1_weight) instead of the published BCE
     # recipe (off, so their rows measure what was published); the transformer family trains with them on
+    anchor: float = 0.0  # video: start-anchor spread at init (pre-bound units; 0 = no anchor, start from z via the MLP)
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
@@ -156,8 +157,8 @@ def validate(cfg: TrainConfig) -> None:
     if not (0.0 <= cfg.color_dropout <= 1.0):
         raise ValueError(f"color_dropout must be in [0, 1], got {cfg.color_dropout!r}")
     if (cfg.max_seconds < 0 or cfg.r1_weight < 0 or cfg.aux_weight < 0 or cfg.mismatch_weight < 0
-            or cfg.pair_weight < 0):
-        raise ValueError("max_seconds, r1_weight, aux_weight, mismatch_weight and pair_weight must be >= 0")
+            or cfg.pair_weight < 0 or cfg.anchor < 0):
+        raise ValueError("max_seconds, r1_weight, aux_weight, mismatch_weight, pair_weight and anchor must be >= 0")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
 
@@ -225,7 +226,7 @@ def check_device(name: str) -> None:
 def generator_spec(cfg: TrainConfig, frames: int, size: int) -> models.GeneratorSpec:
     """The spec a training of `cfg` on clips of (frames, size) builds and exports its generator from."""
     return models.GeneratorSpec(cfg.model, frames, size, cfg.z_dim, cfg.text_dim,
-                                text_encoder=models.text_encoder(cfg.model, cfg.text_encoder))
+                                text_encoder=models.text_encoder(cfg.model, cfg.text_encoder), anchor=cfg.anchor)
 
 
 def config_key(cfg: TrainConfig) -> str:

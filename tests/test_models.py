@@ -103,6 +103,35 @@ def test_layered_generator_shapes_and_crops() -> None:
     assert g(g.sample_noise(B), te(text.encode(PROMPTS))).shape == (B, 3, T, S, S)
 
 
+def test_start_anchor_places_each_noise_elsewhere_and_round_trips(tmp_path) -> None:
+    """anchor > 0: two noise dims shift the whole path by up to +-anchor (pre-bound), so samples of one
+    prompt start apart from the first step; anchor 0 builds no anchor layer (exports before the option load)."""
+    te = text.TextEncoder(text.vocab_size(), text.token_roles(), dim=16)
+    codes = te(text.encode(["red circle moving up"] * 64)).detach()
+
+    def start_spread(anchor: float) -> float:
+        torch.manual_seed(0)
+        g = LayeredGenerator(T, S, z_dim=8, text_dim=16, anchor=anchor)
+        with torch.no_grad():
+            layers = g.layers(g.sample_noise(64, torch.Generator().manual_seed(1)), codes)
+        return float(torch.stack([layers.cx[:, 0], layers.cy[:, 0]], 1).std(0).norm())
+
+    assert start_spread(0.6) > 3 * start_spread(0.0)
+    assert "anchor.bias" not in LayeredGenerator(T, S, z_dim=8, text_dim=16).state_dict()
+    spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16, anchor=0.6)
+    g, te = build_generator(spec)
+    assert torch.allclose(nn.functional.softplus(g.anchor.bias), torch.full((2,), 0.6))
+    sampler = load_generator(export_generator(g, te, spec, tmp_path / "export"))
+    assert sampler.generator.anchor is not None
+    old = GeneratorSpec("video", T, S, z_dim=8, text_dim=16).to_dict()
+    del old["anchor"]  # a config.json written before the option
+    assert GeneratorSpec.from_dict(old).anchor == 0.0
+    with pytest.raises(ValueError, match="anchor"):
+        from t2v.config import config_for
+
+        config_for("cpu-demo", anchor=-0.1)
+
+
 def test_concavity_prior_spares_polygons_and_penalises_stars() -> None:
     th = torch.arange(ANGLES) * (2 * math.pi / ANGLES) - math.pi
     square = 1 / torch.stack([torch.cos(th - k * math.pi / 2) for k in range(4)]).max(0).values  # r = apothem / cos

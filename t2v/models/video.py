@@ -144,9 +144,16 @@ class LayeredGenerator(nn.Module):
 
     noise (B, z), codes (B, 3, D) -> clip (B, 3, T, H, W) in [-1, 1]"""
 
-    def __init__(self, frames: int, size: int, z_dim: int = 32, text_dim: int = 64, hidden: int = 256) -> None:
+    def __init__(self, frames: int, size: int, z_dim: int = 32, text_dim: int = 64, hidden: int = 256,
+                 anchor: float = 0.0) -> None:
         super().__init__()
         self.frames, self.size, self.z_dim = frames, size, z_dim
+        # per-clip placement read straight off two noise dims: the path's offset is u * spread(motion code),
+        # u uniform in (-1, 1)^2, so every sample of a prompt starts elsewhere unless the critics shrink the spread
+        self.anchor = nn.Linear(text_dim, 2) if anchor > 0 else None
+        if self.anchor is not None:
+            nn.init.zeros_(self.anchor.weight)
+            nn.init.constant_(self.anchor.bias, math.log(math.expm1(anchor)))  # softplus(bias) = anchor
         self.fill = _mlp(text_dim + z_dim, 128, 3)
         self.contour = _mlp(text_dim, 128, 1 + 2 * len(HARMONICS))  # shape code only: a shape looks the same in any motion
         nn.init.zeros_(self.contour[-1].weight)  # start as a circle of radius `scale`
@@ -181,6 +188,10 @@ class LayeredGenerator(nn.Module):
         pose = (self.pose(h.unsqueeze(1) + self.time.unsqueeze(0)) + self.direct(h).view(-1, self.frames, 4)
                 + self.velocity(h).unsqueeze(1) * self.ramp)  # (B, T, 4)
         pose = pose.float()
+        if self.anchor is not None:
+            u = torch.erf(z[:, :2].float() / math.sqrt(2.0))  # (B, 2) uniform in (-1, 1)
+            offset = F.softplus(self.anchor(c_mot)) * u  # (B, 2) pre-bound units
+            pose = torch.cat([pose[..., :2] + offset.unsqueeze(1), pose[..., 2:]], -1)
         return Layers(fill, contour, outline, POSE_RANGE * torch.tanh(pose[..., 0]), POSE_RANGE * torch.tanh(pose[..., 1]),
                       RADIUS * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi)
 
@@ -471,7 +482,7 @@ class VideoDiscriminators(nn.Module):
 # ----------------------------------------------------------------------------- construction and training
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
-    return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim),
+    return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim, anchor=spec.anchor),
             spec_text_encoder(spec, slots=3))
 
 
