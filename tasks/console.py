@@ -34,16 +34,15 @@ class StageLines(logging.Filter):
         return bool(getattr(record, STAGE_LINE, False)) or record.getMessage().startswith(RETRY_PREFIX)
 
 
-def show_stage_lines(stream: TextIO | None = None) -> logging.Handler:
-    """Print stage lines and retries of flow and task runs to `stream` (stderr), plainly.
+def show_stage_lines(stream: TextIO | None = None) -> None:
+    """Print stage lines and retries of flow and task runs to `stream` (stderr), plainly; once per process.
 
     Attached to Prefect's run loggers after Prefect has set up logging (importing this module does),
-    so a later incremental setup keeps it; returns the handler so a caller can remove it."""
+    so Prefect's later, incremental setups keep it."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(StageLines())
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
+    for name in ("prefect.flow_runs", "prefect.task_runs"):  # siblings: a record reaches one of them, never both
         logger = logging.getLogger(name)
         if not any(isinstance(f, StageLines) for h in logger.handlers for f in h.filters):
             logger.addHandler(handler)
-    return handler

@@ -169,3 +169,23 @@ def test_media_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     media.save_clip(target, clip)
     assert target.read_bytes() != b"previous version"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_quiet_console_passes_stage_lines_and_retries_only() -> None:
+    """What `show_stage_lines` prints at INFO: a flow's `say` lines and Prefect's retry notices; warnings
+    and errors are Prefect's own console handler's (so never printed twice)."""
+    import logging
+
+    from tasks.console import RETRY_PREFIX, STAGE_LINE, StageLines
+
+    def record(msg: str, level: int = logging.INFO, **extra: object) -> logging.LogRecord:
+        r = logging.LogRecord("prefect.task_runs", level, __file__, 1, msg, None, None)
+        r.__dict__.update(extra)
+        return r
+
+    f = StageLines()
+    assert f.filter(record("data-stage: 8 clips", **{STAGE_LINE: True}))
+    assert f.filter(record(f"{RETRY_PREFIX} RanksFailedError('torchrun exited with status 1') - Retry 1/1 will start"))
+    assert not f.filter(record("rendered shards/train/moving-up-0000.tar.gz: 4 clips"))
+    assert not f.filter(record("Finished in state Completed()"))
+    assert not f.filter(record("data-stage: 8 clips", logging.WARNING, **{STAGE_LINE: True}))
