@@ -243,13 +243,14 @@ def _train_ranks_here(req: object, args: argparse.Namespace, launched: bool) -> 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from t2v.config import check_launch, check_train_request
+    from t2v.config import check_launch, check_train_request, world_from_env
 
     overrides = parse_overrides(args.overrides)
     try:  # under `torchrun ... -m cli train` this process is rank RANK of WORLD_SIZE
-        env_rank, env_world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        env = world_from_env()
     except ValueError as e:
-        raise UsageError(f"RANK and WORLD_SIZE (set by torchrun) must be integers: {e}") from e
+        raise UsageError(f"{e} (torchrun sets them)") from e
+    env_rank, env_world = env.rank, env.world_size
     launched = env_world > 1
     try:  # the flow checks again (it is also a deployment's entry); here first keeps bad input fast and torch-free
         world_size = env_world if launched else check_launch(args.nproc_per_node, args.nnodes, args.node_rank,

@@ -287,6 +287,30 @@ def read_run_record(out_dir: str | os.PathLike[str]) -> dict[str, str] | None:
     return json.loads(path.read_text())
 
 
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of one training."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 logs, checkpoints, selects, exports; the others only train."""
+        return self.rank == 0
+
+
+def world_from_env(environ: dict[str, str] | None = None) -> World:
+    """The torchrun variables of this process (a plain process is rank 0 of 1); torch-free, so the CLI
+    reads them before importing torch. ValueError naming them when one is not an integer."""
+    env = os.environ if environ is None else environ
+    try:
+        return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    except ValueError as e:
+        raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {e}") from e
+
+
 def check_launch(nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0,
                  rdzv_endpoint: str | None = None) -> int:
     """The world size of a torchrun launch request, or ValueError naming the bad value."""

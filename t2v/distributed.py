@@ -19,37 +19,15 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
+from t2v.config import World, world_from_env as from_env  # torch-free, so the CLI reads them too
+
 TIMEOUT = datetime.timedelta(minutes=10)  # a collective waiting longer fails: longer than rank 0's own work
 # (selection, samples, a checkpoint) between two steps, short enough that a lost peer ends the run
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the ranks of one training."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """Rank 0 logs, checkpoints, selects, exports; the others only train."""
-        return self.rank == 0
-
-
-def from_env(environ: dict[str, str] | None = None) -> World:
-    """The torchrun variables of this process (a plain process is rank 0 of 1)."""
-    env = os.environ if environ is None else environ
-    try:
-        return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-    except ValueError as e:
-        raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {e}") from e
 
 
 def current() -> World:
