@@ -60,7 +60,7 @@ class TrainConfig:
     # where the family supports it (separates the text encoder's effect from the generator's in the comparison)
     stabilize: bool = False  # conv3d/rnn: hinge loss, spectral norm and R1 (r1_weight) instead of the published BCE
     # recipe (off, so their rows measure what was published); the transformer family trains with them on
-    anchor: float = 0.0  # video: start-anchor spread at init (pre-bound units; 0 = no anchor, start from z via the MLP)
+    anchor: float = 0.0  # video (whose family default is 0.3): start-anchor spread at init, pre-bound units; 0 = none
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster

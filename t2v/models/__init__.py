@@ -132,7 +132,9 @@ def count_parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-register_family("video", "t2v.models.video", text_encoders=("slots", "transformer"))
+# video starts every path from a noise-driven anchor: 5x the start spread of paths read off z by the
+# pose MLP alone, at a higher mean held-out accuracy over three seeds (README, design note)
+register_family("video", "t2v.models.video", text_encoders=("slots", "transformer"), config_defaults={"anchor": 0.3})
 # The tutorial's optimiser and batch; it ships its last generator (no selection, which would also spend
 # ~8 s a time judging its noise), and its prompts keep their colour words as the tutorial's do.
 register_family("baseline", "t2v.models.baseline",
