@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from t2v import distributed
     from t2v import train as t2v_train
 
-    world = distributed.init(cfg.world_size, t2v_train.resolve_device(cfg.device, distributed.from_env().local_rank))
+    world = distributed.init(cfg.world_size, t2v_train.resolve_device(cfg.device, distributed.world_from_env().local_rank))
     closers: list[Any] = []
     try:
         hooks, closers = _hooks(args, cfg, out) if world.main else (None, [])

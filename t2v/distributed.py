@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from t2v.config import World, world_from_env as from_env  # torch-free, so the CLI reads them too
+from t2v.config import World, world_from_env  # torch-free, so the CLI reads them too
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a collective waiting longer fails: longer than rank 0's own work
 # (selection, samples, a checkpoint) between two steps, short enough that a lost peer ends the run
@@ -33,14 +33,14 @@ TIMEOUT = datetime.timedelta(minutes=10)  # a collective waiting longer fails: l
 def current() -> World:
     """The initialised process group's rank and size (rank 0 of 1 when there is none)."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), from_env().local_rank)
+        return World(dist.get_rank(), dist.get_world_size(), world_from_env().local_rank)
     return World()
 
 
 def init(world_size: int, device: torch.device) -> World:
     """Join the torchrun world `world_size` promises (gloo on CPU, NCCL on CUDA); the process group
     is left to `shutdown`. A plain process with `world_size` 1 joins nothing."""
-    env = from_env()
+    env = world_from_env()
     if world_size == 1 and env.world_size == 1:
         return World()
     if env.world_size != world_size or "MASTER_ADDR" not in os.environ:

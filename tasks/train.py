@@ -136,7 +136,7 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
         if cfg.max_seconds > 0:
             logger.warning("max_seconds=%g caps this run by wall clock: its step count (and model) depends on this "
                            "machine's speed; the run is tagged reproducible=false", cfg.max_seconds)
-        in_world = distributed.from_env().world_size == cfg.world_size > 1  # this process is a torchrun rank 0
+        in_world = distributed.world_from_env().world_size == cfg.world_size > 1  # this process is a torchrun rank 0
         spawn = cfg.world_size > 1 and not in_world  # the ranks run in child processes: rank 0 monitors the system
         system_metrics = tracking.system_metrics_available()
         if not system_metrics:
@@ -161,7 +161,7 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
                 result = _train_ranks(cfg, Path(data_dir), out, run_id, t.tracking_uri, launch or {}, progress)
             else:
                 hooks = _RunLogger(run_id, t.client(), cfg.max_steps, progress, reached, out / "train.log")
-                world = (distributed.init(cfg.world_size, t2v_train.resolve_device(cfg.device, distributed.from_env().local_rank))
+                world = (distributed.init(cfg.world_size, t2v_train.resolve_device(cfg.device, distributed.world_from_env().local_rank))
                          if in_world else None)
                 try:
                     result = t2v_train.train(cfg, Path(data_dir), out, hooks.hooks())

@@ -6,6 +6,7 @@ video generator -- a content/motion split, composited like a layered GAN:
   contour = exp(Fourier(MLP(shape code)))  per clip, radius at N angles  # (B, N)
   pose_t  = MLP(motion code, z) -> per-frame (x, y, log-scale, angle)    # (B, T, 4)
             = MLP(h + e_t) + readout_t(h) + velocity(h) * t                 (explicit time modelling)
+            + (x, y) anchor: softplus(Linear(motion code)) * erf(z[:2] / sqrt 2)   (anchor > 0: where it starts)
   frame_t = white * (1 - a_t) + fill * a_t,  a_t = anti-aliased inside of the posed contour
 The sprite is a learned star-shaped contour (log-radius as a Fourier series in the polar angle)
 rasterised analytically: no texture to fill with speckle, always one solid anti-aliased shape, so
