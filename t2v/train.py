@@ -187,6 +187,26 @@ def _snapshot(modules: tuple[nn.Module, nn.Module]) -> dict[str, dict[str, torch
             for name, mod in zip(("generator", "text_encoder"), modules)}
 
 
+# ----------------------------------------------------------------------------- learning rates
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of every learning rate for the step taken after `step` steps: 1, then, with lr_decay > 0,
+    a linear fall towards 0 over the last lr_decay of max_steps, so a fixed budget ends on a settled
+    generator instead of one draw from the GAN's oscillation. A function of the step alone: a resumed run
+    takes the rates it would have taken (a longer max_steps on resume moves the fall with it)."""
+    if cfg.lr_decay <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (cfg.max_steps - step) / (cfg.lr_decay * cfg.max_steps)))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    """Scale each param group's rate from its `initial_lr` (torch's scheduler convention: recorded on first
+    use, saved in the optimizer's state, so a resume scales from the configured rate, not a decayed one)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks | None = None) -> TrainResult:
@@ -269,6 +289,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
         work, per_step = family.batches(batches, cfg, info.frames)  # what a step eats; clips per step
         t_log, n_log = time.perf_counter(), 0
         for batch in work:
+            if cfg.lr_decay > 0:
+                set_lr([m.opt_g, m.opt_d], lr_factor(cfg, step))
             losses = step_fn(batch)
             step += 1
             n_log += 1
@@ -283,6 +305,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
                 metrics = {**metrics, "clips_per_s": n_log * per_step / dt, "steps_per_s": n_log / dt,
                            "frames_per_s": n_log * per_step * info.frames / dt,
                            "elapsed_s": time.perf_counter() - t_start}
+                if cfg.lr_decay > 0:
+                    metrics["lr_scale"] = lr_factor(cfg, step - 1)  # what the last step's rates were multiplied by
                 if hooks.on_metrics:
                     hooks.on_metrics(step, metrics)
                 t_log, n_log = time.perf_counter(), 0

@@ -175,10 +175,50 @@ def test_interrupted_run_resumes_at_its_checkpoint(data: Path, tmp_path: Path) -
     assert steps == [3, 4]
     assert torch.load(res.checkpoint, weights_only=True)["step"] == 4
 
+    # a checkpoint written before an option existed resumes while the option is at its default (off)
+    path = out / "checkpoints" / "last.pt"
+    old = torch.load(path, weights_only=True)
+    del old["config"]["lr_decay"]
+    torch.save(old, path)
+    assert train(cfg, data, out).resumed_from == 4
+    with pytest.raises(ValueError, match="different config.*lr_decay: checkpoint 0.0 vs now 0.5"):
+        train(config_for("cpu-demo", model="video", max_steps=4, lr_decay=0.5, **TINY), data, out)
+
     # a different config in the same out_dir is refused before any work
     with pytest.raises(ValueError, match="different config.*lr_g"):
         train(config_for("cpu-demo", model="video", max_steps=6, lr_g=1e-4, **TINY), data, out)
     assert torch.load(res.checkpoint, weights_only=True)["step"] == 4
+
+
+def test_lr_decay_falls_linearly_to_zero_and_a_resume_scales_from_the_configured_rate(data: Path, tmp_path: Path) -> None:
+    """lr_decay: both rates fall linearly over the last fraction of max_steps; the optimizer keeps torch's
+    `initial_lr`, so a resume (here to a longer budget, which moves the fall) scales from the configured rate,
+    not from a decayed one; lr_decay 0 leaves the optimizers as the recipe built them."""
+    from t2v.train import lr_factor
+
+    cfg = config_for("cpu-demo", model="video", max_steps=4, lr_decay=0.5, select_every=0, **TINY)
+    assert [lr_factor(cfg, s) for s in range(4)] == [1.0, 1.0, 1.0, 0.5]
+    assert lr_factor(config_for("cpu-demo", max_steps=4), 3) == 1.0
+    out = tmp_path / "run"
+    logged: dict[int, float] = {}
+    train(cfg, data, out, TrainHooks(on_metrics=lambda s, m: logged.update({s: m["lr_scale"]}) if "lr_scale" in m else None))
+    assert logged == {1: 1.0, 2: 1.0, 3: 1.0, 4: 0.5}  # the multiplier of each step's rates, in MLflow
+
+    def rates(path: Path) -> list[tuple[float, float]]:
+        optim = torch.load(path / "checkpoints" / "last.pt", weights_only=True)["optim"]
+        return [(g["lr"], g["initial_lr"]) for side in ("g", "d") for g in optim[side]["param_groups"]]
+
+    assert rates(out) == [(cfg.lr_g * 0.5, cfg.lr_g), (cfg.lr_d * 0.5, cfg.lr_d)]
+    longer = config_for("cpu-demo", model="video", max_steps=8, lr_decay=0.5, select_every=0, **TINY)
+    assert train(longer, data, out).resumed_from == 4
+    assert rates(out) == [(cfg.lr_g * 0.25, cfg.lr_g), (cfg.lr_d * 0.25, cfg.lr_d)]  # step 8 of 8: (8 - 7) / 4
+
+    plain = tmp_path / "plain"
+    train(config_for("cpu-demo", model="video", max_steps=2, select_every=0, **TINY), data, plain)
+    optim = torch.load(plain / "checkpoints" / "last.pt", weights_only=True)["optim"]
+    assert "initial_lr" not in optim["g"]["param_groups"][0]
+    with pytest.raises(ValueError, match="lr_decay"):
+        config_for("cpu-demo", lr_decay=1.5)
 
 
 def test_selection_ships_the_best_judged_weights_and_survives_resume(data: Path, tmp_path: Path) -> None:
