@@ -178,6 +178,24 @@ def test_track_features_read_spin_and_orbit_direction() -> None:
     assert (cw[:, 3] > 0.5).all()
 
 
+def test_track_features_show_a_reflection_as_one_spike_and_a_rounded_turn_as_a_spread() -> None:
+    """The centre's acceleration (the last 3 (T - 2) features): a real bounce keeps its speed up to the wall,
+    so its acceleration is one spike; a generator's rounded turn slows over several frames."""
+    t = torch.linspace(-1, 1, 16)
+    sharp = 0.6 - 0.8 * t.abs()  # a V: steady speed, reflected at t = 0
+    rounded = 0.6 - 0.8 * torch.sqrt(t ** 2 + 0.1)  # the same path with its turn eased over ~5 frames
+
+    def acc_norm(y: torch.Tensor) -> torch.Tensor:
+        m = torch.zeros(1, 16, 9)
+        m[0, :, 1] = y
+        return track_features(m)[0, -14:]  # (T - 2,)
+
+    j_sharp, j_round = acc_norm(sharp), acc_norm(rounded)
+    assert int((j_sharp > 0.1 * j_sharp.max()).sum()) <= 2  # the reflection step(s) only
+    assert int((j_round > 0.1 * j_round.max()).sum()) >= 5
+    assert j_sharp.max() > 2 * j_round.max()
+
+
 def test_video_discriminator_shapes() -> None:
     n_m = len(vocab.motion_names())
     d = VideoDiscriminators(T, S, text.vocab_size(), n_m, width=8, frame_samples=2, feat=32)
