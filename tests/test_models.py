@@ -190,10 +190,10 @@ def test_track_features_show_a_reflection_as_one_spike_and_a_rounded_turn_as_a_s
         m[0, :, 1] = y
         return track_features(m)[0, -14:]  # (T - 2,)
 
-    j_sharp, j_round = acc_norm(sharp), acc_norm(rounded)
-    assert int((j_sharp > 0.1 * j_sharp.max()).sum()) <= 2  # the reflection step(s) only
-    assert int((j_round > 0.1 * j_round.max()).sum()) >= 5
-    assert j_sharp.max() > 2 * j_round.max()
+    a_sharp, a_round = acc_norm(sharp), acc_norm(rounded)
+    assert int((a_sharp > 0.1 * a_sharp.max()).sum()) <= 2  # the reflection step(s) only
+    assert int((a_round > 0.1 * a_round.max()).sum()) >= 5
+    assert a_sharp.max() > 2 * a_round.max()
 
 
 def test_video_discriminator_shapes() -> None:

@@ -366,8 +366,8 @@ def track_features(m: torch.Tensor) -> torch.Tensor:
     (products of consecutive frames): the turning of the 3- and 4-fold orientation (spin direction),
     the angular velocity about the canvas centre and the distance from it (orbits), the speed (a
     bounce keeps it steady), and the centre's acceleration with its magnitude (a reflection is one
-    spike of it, a rounded turn, which the pixel judge refuses, spreads it over frames; as small second
-    differences under spectral norm the critic did not see that). Gains matter under spectral norm,
+    spike of it, a rounded turn, which the pixel judge refuses, spreads it over frames; the MLP could form
+    these from the changes, but by the three-seed results it did not). Gains matter under spectral norm,
     where the input scale sets how fast the heads learn (4x on the moments: motion classification in
     ~100 steps instead of ~300).
     (B, T, 9) -> (B, TRACK_PER_FRAME * T - TRACK_PER_STEP)"""
