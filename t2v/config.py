@@ -56,6 +56,9 @@ class TrainConfig:
     mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
     pair_weight: float = 0.0  # video: the pair critic (two paths of one motion, PacGAN), off: in the 1,800-step budget it
     # helped bouncing but cost spinning and barely widened the start spread (README, design note)
+    spread_weight: float = 0.0  # video: pull the per-axis variance of the start centre over 8 noises of each prompt to
+    # the real clips' of its motion (moment matching, no critic); off: it widens the spread to 0.8x real and lowers the
+    # FD, but costs motions (README, design note)
     convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"
@@ -63,6 +66,9 @@ class TrainConfig:
     stabilize: bool = False  # conv3d/rnn: hinge loss, spectral norm and R1 (r1_weight) instead of the published BCE
     # recipe (off, so their rows measure what was published); the transformer family trains with them on
     anchor: float = 0.0  # video (whose family default is 0.3): start-anchor spread at init, pre-bound units; 0 = none
+    shift: float = 0.0  # video: per-clip shift of the clip's time along a padded timeline at init, x 8 frames (where
+    # in its cycle a clip starts: a bounce's turn, an orbit's phase); off: at 0.3 it lowered the FD on every seed but
+    # one seed lost its vertical bounce (README, design note)
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
@@ -161,8 +167,9 @@ def validate(cfg: TrainConfig) -> None:
     if not (0.0 <= cfg.color_dropout <= 1.0):
         raise ValueError(f"color_dropout must be in [0, 1], got {cfg.color_dropout!r}")
     if (cfg.max_seconds < 0 or cfg.r1_weight < 0 or cfg.aux_weight < 0 or cfg.mismatch_weight < 0
-            or cfg.pair_weight < 0 or cfg.anchor < 0):
-        raise ValueError("max_seconds, r1_weight, aux_weight, mismatch_weight, pair_weight and anchor must be >= 0")
+            or cfg.pair_weight < 0 or cfg.spread_weight < 0 or cfg.anchor < 0 or cfg.shift < 0):
+        raise ValueError("max_seconds, r1_weight, aux_weight, mismatch_weight, pair_weight, spread_weight, anchor "
+                         "and shift must be >= 0")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
 
@@ -230,7 +237,8 @@ def check_device(name: str) -> None:
 def generator_spec(cfg: TrainConfig, frames: int, size: int) -> models.GeneratorSpec:
     """The spec a training of `cfg` on clips of (frames, size) builds and exports its generator from."""
     return models.GeneratorSpec(cfg.model, frames, size, cfg.z_dim, cfg.text_dim,
-                                text_encoder=models.text_encoder(cfg.model, cfg.text_encoder), anchor=cfg.anchor)
+                                text_encoder=models.text_encoder(cfg.model, cfg.text_encoder), anchor=cfg.anchor,
+                                shift=cfg.shift)
 
 
 def config_key(cfg: TrainConfig) -> str:

@@ -12,7 +12,8 @@ the N*B clips of their union: with the same data, N ranks train the model one pr
 union batch (to float summation order), and the RNG states stay equal on every rank, so rank 0's
 checkpoint resumes all of them. What does not decompose over ranks: BatchNorm statistics (per rank,
 as with DDP without SyncBatchNorm) and terms that pair clips within a batch (the wrong-prompt
-negatives, the pair critic), which pair within each rank's batch.
+negatives, the pair critic), which pair within each rank's batch. (The spread term's real start
+statistics are summed over the ranks, so they are the global batch's.)
 """
 
 from __future__ import annotations
@@ -117,6 +118,13 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over the ranks, in place (itself on one rank); every rank must call it at the same step."""
+    if current().world_size > 1:
+        dist.all_reduce(t)
+    return t
 
 
 def barrier() -> None:

@@ -14,7 +14,7 @@ from t2v.models import GeneratorSpec, build_generator, count_parameters
 from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
 from t2v.models.video import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, LayeredGenerator, PairDiscriminator,
                               VideoDiscriminators, concavity, crop_real, fourier_basis, ink_moments,
-                              same_motion_partner, track_features)
+                              StartStats, same_motion_partner, spread_gap, track_features)
 from t2v.sampler import export_generator, load_generator
 
 FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer
@@ -132,6 +132,42 @@ def test_start_anchor_places_each_noise_elsewhere_and_round_trips(tmp_path) -> N
         config_for("cpu-demo", anchor=-0.1)
 
 
+def test_time_shift_reads_the_same_path_later_or_earlier_and_round_trips(tmp_path) -> None:
+    """shift > 0: a fourth noise dim moves each clip along a padded timeline, so a clip shifted by one frame
+    shows, in frames 0..T-2, what the unshifted clip shows in frames 1..T-1; shift 0 exactly the unshifted
+    pose; off, nothing is built and every other weight starts as without it."""
+    torch.manual_seed(0)
+    plain = LayeredGenerator(T, S, z_dim=8, text_dim=16, anchor=0.3)
+    torch.manual_seed(0)
+    g = LayeredGenerator(T, S, z_dim=8, text_dim=16, anchor=0.3, shift=0.3)
+    assert all(torch.equal(v, g.state_dict()[k]) for k, v in plain.state_dict().items())
+    assert not any(k.startswith(("shift.", "time_pad", "direct_pad")) for k in plain.state_dict())
+    with torch.no_grad():
+        g.velocity.weight.normal_(0, 0.5)  # some motion to shift
+        g.direct_pad.weight.normal_(0, 0.5)
+        h = torch.randn(3, g.time.shape[1])
+        unshifted = (g.pose(h.unsqueeze(1) + g.time.unsqueeze(0)) + g.direct(h).view(-1, T, 4)
+                     + g.velocity(h).unsqueeze(1) * g.ramp)
+        assert torch.equal(g.shifted_pose(h, torch.zeros(3, 1)), unshifted)
+        later = g.shifted_pose(h, torch.ones(3, 1))
+        assert torch.allclose(later[:, :-1], unshifted[:, 1:], atol=1e-5)
+        half = g.shifted_pose(h, torch.full((3, 1), 0.5))[:, :-1]  # between two frames: between their poses
+        lo, hi = torch.minimum(unshifted[:, :-1], unshifted[:, 1:]), torch.maximum(unshifted[:, :-1], unshifted[:, 1:])
+        assert not torch.allclose(half, unshifted[:, :-1])
+        assert bool(((half >= lo - 0.2) & (half <= hi + 0.2)).float().mean() > 0.9)  # the MLP bends it a little
+    spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16, anchor=0.3, shift=0.5)
+    g2, te = build_generator(spec)
+    assert torch.allclose(nn.functional.softplus(g2.shift.bias), torch.full((1,), 0.5))
+    assert load_generator(export_generator(g2, te, spec, tmp_path / "export")).generator.shift is not None
+    old = spec.to_dict()
+    del old["shift"]  # a config.json written before the option
+    assert GeneratorSpec.from_dict(old).shift == 0.0
+    with pytest.raises(ValueError, match="shift"):
+        from t2v.config import config_for
+
+        config_for("cpu-demo", shift=-0.1)
+
+
 def test_concavity_prior_spares_polygons_and_penalises_stars() -> None:
     th = torch.arange(ANGLES) * (2 * math.pi / ANGLES) - math.pi
     square = 1 / torch.stack([torch.cos(th - k * math.pi / 2) for k in range(4)]).max(0).values  # r = apothem / cos
@@ -221,6 +257,46 @@ def test_same_motion_partner_pairs_distinct_clips_of_one_motion() -> None:
         if has[i]:
             assert int(partner[i]) != i
             assert int(motion[partner[i]]) == int(motion[i])
+
+
+def test_start_stats_give_each_motions_real_start_variance_over_batches() -> None:
+    """The running sums over batches give the unbiased per-axis variance of each motion's real starts,
+    and say which motions have fewer than two starts so far."""
+    torch.manual_seed(0)
+    stats = StartStats(3)
+    starts, motion = torch.randn(40, 2) * torch.tensor([0.5, 0.1]), torch.tensor([0, 1] * 19 + [2, 0])
+    for i in range(0, 40, 8):
+        stats.update(starts[i:i + 8], motion[i:i + 8])
+    var, has = stats.variance(torch.tensor([0, 1, 2]))
+    assert has.tolist() == [True, True, False]
+    for k in (0, 1):
+        assert torch.allclose(var[k], starts[motion == k].var(0), atol=1e-5)
+
+
+def test_spread_gap_pulls_each_prompts_start_variance_to_its_motions_real_one() -> None:
+    """The spread term is 0 when noises of a prompt spread their starts as real clips of its motion do, grows
+    when they collapse or over-spread, compares each axis on its own, ignores a clip without a real
+    variance, and its gradient widens collapsed starts."""
+    torch.manual_seed(0)
+    var_real = torch.tensor([[0.16, 0.0]] * 4 + [[0.0, 0.04]] * 4 + [[0.0, 0.0]])  # x only, y only, none yet
+    has = torch.tensor([True] * 8 + [False])
+    n = 8
+    unit = torch.linspace(-1, 1, n)
+    unit = unit / unit.std()  # unit variance over the n noises
+    matched = torch.zeros(9, n, 2)
+    matched[:4, :, 0] = unit * 0.4
+    matched[4:8, :, 1] = unit * 0.2
+    matched[8] = torch.randn(n, 2) * 5  # a clip without a real variance costs nothing
+    assert float(spread_gap(matched, var_real, has)) < 1e-6
+    assert float(spread_gap(matched.flip(-1), var_real, has)) > 1.0  # the right spread on the wrong axis
+    assert float(spread_gap(matched * 2, var_real, has)) > 1.0  # over-spread costs too
+    collapsed = (0.01 * torch.randn(9, n, 2)).requires_grad_(True)
+    gap = spread_gap(collapsed, var_real, has)
+    assert float(gap) > 1.0
+    gap.backward()
+    stepped = collapsed.detach() - 0.05 * collapsed.grad
+    assert float(stepped[:4, :, 0].var(1).mean()) > float(collapsed.detach()[:4, :, 0].var(1).mean())
+    assert torch.all(collapsed.grad[8] == 0)
 
 
 def test_pair_discriminator_tells_identical_samples_from_spread_ones() -> None:

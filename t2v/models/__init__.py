@@ -106,6 +106,7 @@ class GeneratorSpec:
     words: tuple[str, ...] = field(default_factory=lambda: tuple(vocab.words()))  # token id i+1 = words[i]
     text_encoder: str = ""  # generator-side text encoder ("" = the family's own, as exports before the option)
     anchor: float = 0.0  # video: initial spread of the per-clip start anchor (0 = none, as exports before the option)
+    shift: float = 0.0  # video: initial spread of the per-clip time shift, x 8 frames (0 = none, as before)
 
     @property
     def n_vocab(self) -> int:

@@ -7,6 +7,8 @@ video generator -- a content/motion split, composited like a layered GAN:
   pose_t  = MLP(motion code, z) -> per-frame (x, y, log-scale, angle)    # (B, T, 4)
             = MLP(h + e_t) + readout_t(h) + velocity(h) * t                 (explicit time modelling)
             + (x, y) anchor: softplus(Linear(motion code)) * erf(z[:2] / sqrt 2)   (anchor > 0: where it starts)
+            read at frames t + softplus(Linear(motion code)) * 8 * erf(z[3] / sqrt 2) of a padded timeline
+                                                                       (shift > 0: where in its cycle)
   frame_t = white * (1 - a_t) + fill * a_t,  a_t = anti-aliased inside of the posed contour
 The sprite is a learned star-shaped contour (log-radius as a Fourier series in the polar angle)
 rasterised analytically: no texture to fill with speckle, always one solid anti-aliased shape, so
@@ -27,6 +29,8 @@ Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are
   PairD (optional, pair_weight > 0): two centre tracks of one motion side by side (PacGAN packing)
          -> real/fake (projection on the motion): the only critic that sees two samples of a prompt
          at once, so the only one that can tell that they all start in the same place.
+  Spread term (optional, spread_weight > 0): no critic; the per-axis variance of the start centres of
+         8 noises per prompt is pulled to that of real clips of its motion (running sums, StartStats).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ POSE_RANGE = 0.85  # centres stay within this fraction of the canvas half-side
 # Soft (tanh) bounds in log space, never clamps: a shape that shrank to nothing would give no
 # gradient and the generator would stay blank for good.
 SCALE_RANGE = 0.9  # scale within e^-0.9..e^0.9 of RADIUS: 3.4-20 px radius at 64 px (data: 3.6-12.8 px)
+SHIFT_PAD = 8  # frames of timeline before and after a clip that a time shift can read (half a 16-frame clip)
 CONTOUR_RANGE = 0.8  # contour radius within e^-0.8..e^0.8 of the scale: a triangle needs corners 2x its apothem, no more
 
 
@@ -146,7 +151,7 @@ class LayeredGenerator(nn.Module):
     noise (B, z), codes (B, 3, D) -> clip (B, 3, T, H, W) in [-1, 1]"""
 
     def __init__(self, frames: int, size: int, z_dim: int = 32, text_dim: int = 64, hidden: int = 256,
-                 anchor: float = 0.0) -> None:
+                 anchor: float = 0.0, shift: float = 0.0) -> None:
         super().__init__()
         self.frames, self.size, self.z_dim = frames, size, z_dim
         # per-clip placement read straight off two noise dims: the path's offset is u * spread(motion code),
@@ -174,6 +179,17 @@ class LayeredGenerator(nn.Module):
         for lin in (self.direct, self.velocity):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+        # per-clip shift of the clip's time along a longer timeline (SHIFT_PAD frames either side), read off a
+        # fourth noise dim: where in its cycle a clip starts (a bounce's turn, an orbit's phase, a zigzag's
+        # side), which the per-frame tables cannot shift on their own
+        self.shift = nn.Linear(text_dim, 1) if shift > 0 else None
+        if self.shift is not None:
+            nn.init.zeros_(self.shift.weight)
+            nn.init.constant_(self.shift.bias, math.log(math.expm1(shift)))  # softplus(bias) = shift (x SHIFT_PAD frames)
+            self.time_pad = nn.Parameter(torch.randn(2 * SHIFT_PAD, hidden) * 0.1)  # rows before and after the clip
+            self.direct_pad = nn.Linear(hidden, 2 * SHIFT_PAD * 4)
+            nn.init.zeros_(self.direct_pad.weight)
+            nn.init.zeros_(self.direct_pad.bias)
 
     def sample_noise(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.z_dim, generator=gen)
@@ -186,8 +202,12 @@ class LayeredGenerator(nn.Module):
         contour, outline = (torch.exp(CONTOUR_RANGE * torch.tanh(coef @ b.T / CONTOUR_RANGE))  # soft-bounded, never 0
                             for b in (self.basis, self.smooth_basis))  # (B, ANGLES) each
         h = self.motion(torch.cat([c_mot, z], 1))  # (B, hidden)
-        pose = (self.pose(h.unsqueeze(1) + self.time.unsqueeze(0)) + self.direct(h).view(-1, self.frames, 4)
-                + self.velocity(h).unsqueeze(1) * self.ramp)  # (B, T, 4)
+        if self.shift is None:
+            pose = (self.pose(h.unsqueeze(1) + self.time.unsqueeze(0)) + self.direct(h).view(-1, self.frames, 4)
+                    + self.velocity(h).unsqueeze(1) * self.ramp)  # (B, T, 4)
+        else:
+            delta = F.softplus(self.shift(c_mot)) * SHIFT_PAD * torch.erf(z[:, 3:4].float() / math.sqrt(2.0))  # (B, 1) frames
+            pose = self.shifted_pose(h, delta)
         pose = pose.float()
         if self.anchor is not None:
             u = torch.erf(z[:, :2].float() / math.sqrt(2.0))  # (B, 2) uniform in (-1, 1)
@@ -195,6 +215,25 @@ class LayeredGenerator(nn.Module):
             pose = torch.cat([pose[..., :2] + offset.unsqueeze(1), pose[..., 2:]], -1)
         return Layers(fill, contour, outline, POSE_RANGE * torch.tanh(pose[..., 0]), POSE_RANGE * torch.tanh(pose[..., 1]),
                       RADIUS * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi)
+
+    def shifted_pose(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The pose read at frames t + delta of the padded timeline, linearly between its rows: at delta = 0
+        exactly the unshifted pose. h (B, hidden), delta (B, 1) frames -> (B, T, 4)"""
+        P, T = SHIFT_PAD, self.frames
+        table = torch.cat([self.time_pad[:P], self.time, self.time_pad[P:]])  # (T + 2P, hidden)
+        pad = self.direct_pad(h).view(-1, 2 * P, 4)
+        direct = torch.cat([pad[:, :P], self.direct(h).view(-1, T, 4), pad[:, P:]], 1)  # (B, T + 2P, 4)
+        at = (torch.arange(T, device=h.device) + P + delta).clamp(0, T + 2 * P - 1)  # (B, T) fractional rows
+        i0 = at.floor().long().clamp(max=T + 2 * P - 2)
+        f = (at - i0).unsqueeze(-1)  # (B, T, 1)
+
+        def read(rows: torch.Tensor) -> torch.Tensor:  # (B, T + 2P, C) -> (B, T, C) at `at`
+            idx = i0.unsqueeze(-1).expand(-1, -1, rows.shape[-1])
+            return rows.gather(1, idx) * (1 - f) + rows.gather(1, idx + 1) * f
+
+        e = read(table.unsqueeze(0).expand(h.shape[0], -1, -1))  # (B, T, hidden)
+        ramp = self.ramp + delta.unsqueeze(-1) * (2.0 / (T - 1))  # (B, T, 1) the same line, shifted
+        return self.pose(h.unsqueeze(1) + e) + read(direct) + self.velocity(h).unsqueeze(1) * ramp
 
     def render(self, layers: Layers, res: int | None = None) -> torch.Tensor:
         """Whole clip on a res x res canvas (default: full size). # (B, 3, T, res, res)"""
@@ -428,6 +467,51 @@ class PairDiscriminator(nn.Module):
         return self.score(h).squeeze(1) + (h * self.embed(motion)).sum(1)
 
 
+SPREAD_NOISES = 8  # noises per prompt whose start centres the spread term compares with real clips'
+SPREAD_SCALE = 0.1  # canvas units^2: a per-axis variance gap of this size costs 1 (real: 0.01-0.34 by motion and axis)
+
+
+class StartStats(nn.Module):
+    """Running per-motion sums of real clips' start centres, over every batch so far: the target of the
+    spread term, a dataset constant that one batch (one or two clips of a motion) estimates too noisily.
+    Buffers, so a checkpoint carries them and a resumed run continues the same sums."""
+
+    def __init__(self, n_motions: int) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros(n_motions))
+        self.register_buffer("total", torch.zeros(n_motions, 2))
+        self.register_buffer("squares", torch.zeros(n_motions, 2))
+
+    @torch.no_grad()
+    def update(self, starts: torch.Tensor, motion: torch.Tensor) -> None:
+        """Add a batch: starts (B, 2) real start centres, motion (B,); on N ranks, the union of their batches."""
+        s = starts.to(self.total.dtype)
+        batch = torch.zeros(self.count.shape[0], 5, dtype=self.total.dtype, device=self.total.device)
+        batch.index_add_(0, motion, torch.cat([torch.ones_like(s[:, :1]), s, s.pow(2)], 1))  # (M, 5)
+        distributed.sum_over_ranks(batch)
+        self.count += batch[:, 0]
+        self.total += batch[:, 1:3]
+        self.squares += batch[:, 3:]
+
+    def variance(self, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unbiased per-axis variance of each clip's motion's real starts, and whether there are 2 to have one.
+        motion (B,) -> (B, 2), (B,) bool"""
+        n = self.count[motion].unsqueeze(1)  # (B, 1)
+        mean = self.total[motion] / n.clamp(min=1.0)
+        var = (self.squares[motion] - n * mean.pow(2)) / (n - 1.0).clamp(min=1.0)
+        return var.clamp(min=0.0), n.squeeze(1) >= 2
+
+
+def spread_gap(fake: torch.Tensor, var_real: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """How far the start centre's per-axis variance over the noises of each prompt is from the real one of
+    its motion, averaged over the clips that have a real variance.
+
+    fake (B, n, 2) start centres of n noises per prompt, var_real (B, 2), has (B,) bool -> scalar"""
+    err = ((fake.float().var(1) - var_real.float()) / SPREAD_SCALE).pow(2).sum(1)  # (B,)
+    keep = has.float()
+    return (err * keep).sum() / keep.sum().clamp(min=1.0)
+
+
 def same_motion_partner(motion: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each clip of a batch another clip of the same motion, drawn at random, and whether it has one.
 
@@ -446,7 +530,7 @@ class VideoDiscriminators(nn.Module):
     in K frames, and the whole clip at half resolution (B, 3, T, H/2, W/2)."""
 
     def __init__(self, frames: int, size: int, n_vocab: int, n_motions: int, width: int = 32,
-                 frame_samples: int = 2, feat: int = 256, pair: bool = False) -> None:
+                 frame_samples: int = 2, feat: int = 256, pair: bool = False, starts: bool = False) -> None:
         super().__init__()
         if size % 16:
             raise ValueError(f"frame size must be a multiple of 16 for the discriminators, got {size}")
@@ -455,6 +539,7 @@ class VideoDiscriminators(nn.Module):
         self.video = VideoDiscriminator(frames, self.res, n_motions, width, feat)
         self.track = TrackDiscriminator(frames, n_motions, feat)
         self.pair = PairDiscriminator(frames, n_motions, feat) if pair else None
+        self.starts = StartStats(n_motions) if starts else None  # real start statistics, for the spread term
         self.frame_text = text.BagOfWords(n_vocab, feat)
         self.video_text = text.BagOfWords(n_vocab, feat)
         self.track_text = text.BagOfWords(n_vocab, feat)
@@ -488,7 +573,7 @@ class VideoDiscriminators(nn.Module):
 # ----------------------------------------------------------------------------- construction and training
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
-    return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim, anchor=spec.anchor),
+    return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim, anchor=spec.anchor, shift=spec.shift),
             spec_text_encoder(spec, slots=3))
 
 
@@ -496,7 +581,7 @@ def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models
     """Fresh generator, text encoder, the three critics, Adam for each side, and EMA copies of G."""
     g, te = build_generator(spec)
     d = VideoDiscriminators(spec.frames, spec.size, spec.n_vocab, len(vocab.motion_names()), cfg.width,
-                            cfg.frame_samples, pair=cfg.pair_weight > 0)
+                            cfg.frame_samples, pair=cfg.pair_weight > 0, starts=cfg.spread_weight > 0)
     return build_models(cfg, spec, device, g, te, d)
 
 
@@ -603,6 +688,13 @@ class VideoStep:
                 if cfg.pair_weight > 0:  # two noises, one prompt: the pair critic judges them side by side
                     pair_g = -D.pair(m.generator.track(z, codes), m.generator.track(z2, codes), lab["motion"]).float().mean()
                     loss_g = loss_g + cfg.pair_weight * pair_g
+                spread_g = torch.zeros((), device=dev)
+                if cfg.spread_weight > 0:  # start centres of SPREAD_NOISES noises per prompt (pose path only: no pixels)
+                    zs = distributed.randn(B * SPREAD_NOISES, cfg.z_dim, device=dev)
+                    starts = m.generator.track(zs, codes.repeat_interleave(SPREAD_NOISES, 0))[:, 0]  # (B*n, 2)
+                    D.starts.update(centre[:, 0], lab["motion"])
+                    spread_g = spread_gap(starts.view(B, SPREAD_NOISES, 2), *D.starts.variance(lab["motion"]))
+                    loss_g = loss_g + cfg.spread_weight * spread_g
         with record_function("G: backward and Adam"):
             loss_g.backward()
             m.opt_g.step()
@@ -617,7 +709,7 @@ class VideoStep:
             acc.update({f"acc_real_{k}": (logits_r[k].argmax(1) == real_t[k]).float().mean()
                         for k in ("video_motion", "track_motion", "frame_shape")})
         out = {"loss_d": loss_d, "loss_g": loss_g, "adv_d": adv_d, "adv_g": adv_g, "aux_d": aux_d, "aux_g": aux_g,
-               "r1": r1, "concavity": concave, "pair_d": pair_d, "pair_g": pair_g, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
+               "r1": r1, "concavity": concave, "pair_d": pair_d, "pair_g": pair_g, "spread_g": spread_g, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
                **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}, **acc}
         return {k: v.detach().float() for k, v in out.items()}  # tensors: no device sync until they are logged
 
