@@ -44,8 +44,8 @@ class TrainConfig:
     batch_size: int = 32  # clips per step: enough to mix motions, small enough for ~5 steps/s on CPU
     lr_g: float = 1e-3  # the layered generator has few, well-conditioned parameters: a high rate learns in minutes
     lr_d: float = 1e-3  # matched to G (hinge + spectral norm keep D from running away)
-    lr_decay: float = 0.0  # fraction of max_steps, at the end, over which both rates fall linearly to 0; off (0): on
-    # video it stopped a late collapse and lowered the FD, but settled every seed into a rounded bounce (README)
+    lr_decay: float = 0.0  # fraction of max_steps, at the end, over which both rates fall linearly to 0; off (0) but
+    # for video (0.5): it stops a late collapse, so every seed ships a settled step (README)
     betas: tuple[float, float] = (0.5, 0.99)  # low beta1, the usual GAN choice; beta2 0.99 reacts faster than 0.999
     ema_decay: float = 0.99  # short horizon: a 1.5k-step run must still let the EMA move
     ema_start: int = 100  # steps before the EMA starts averaging (it copies G until then)

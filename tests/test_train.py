@@ -204,11 +204,11 @@ def test_interrupted_run_resumes_at_its_checkpoint(data: Path, tmp_path: Path) -
     # a checkpoint written before an option existed resumes while the option is at its default (off)
     path = out / "checkpoints" / "last.pt"
     old = torch.load(path, weights_only=True)
-    del old["config"]["lr_decay"]
+    del old["config"]["shift"]
     torch.save(old, path)
     assert train(cfg, data, out).resumed_from == 4
-    with pytest.raises(ValueError, match="different config.*lr_decay: checkpoint 0.0 vs now 0.5"):
-        train(config_for("cpu-demo", model="video", max_steps=4, lr_decay=0.5, **TINY), data, out)
+    with pytest.raises(ValueError, match="different config.*shift: checkpoint 0.0 vs now 0.3"):
+        train(config_for("cpu-demo", model="video", max_steps=4, shift=0.3, **TINY), data, out)
 
     # a different config in the same out_dir is refused before any work
     with pytest.raises(ValueError, match="different config.*lr_g"):
@@ -224,7 +224,8 @@ def test_lr_decay_falls_linearly_to_zero_and_a_resume_scales_from_the_configured
 
     cfg = config_for("cpu-demo", model="video", max_steps=4, lr_decay=0.5, select_every=0, **TINY)
     assert [lr_factor(cfg, s) for s in range(4)] == [1.0, 1.0, 1.0, 0.5]
-    assert lr_factor(config_for("cpu-demo", max_steps=4), 3) == 1.0
+    assert lr_factor(config_for("cpu-demo", model="baseline", max_steps=4), 3) == 1.0  # off but for video
+    assert config_for("cpu-demo", model="video").lr_decay == 0.5
     out = tmp_path / "run"
     logged: dict[int, float] = {}
     train(cfg, data, out, TrainHooks(on_metrics=lambda s, m: logged.update({s: m["lr_scale"]}) if "lr_scale" in m else None))
@@ -240,7 +241,7 @@ def test_lr_decay_falls_linearly_to_zero_and_a_resume_scales_from_the_configured
     assert rates(out) == [(cfg.lr_g * 0.25, cfg.lr_g), (cfg.lr_d * 0.25, cfg.lr_d)]  # step 8 of 8: (8 - 7) / 4
 
     plain = tmp_path / "plain"
-    train(config_for("cpu-demo", model="video", max_steps=2, select_every=0, **TINY), data, plain)
+    train(config_for("cpu-demo", model="video", max_steps=2, select_every=0, lr_decay=0.0, **TINY), data, plain)
     optim = torch.load(plain / "checkpoints" / "last.pt", weights_only=True)["optim"]
     assert "initial_lr" not in optim["g"]["param_groups"][0]
     with pytest.raises(ValueError, match="lr_decay"):
