@@ -65,8 +65,8 @@ POSE_RANGE = 0.85  # centres stay within this fraction of the canvas half-side
 # Soft (tanh) bounds in log space, never clamps: a shape that shrank to nothing would give no
 # gradient and the generator would stay blank for good.
 SCALE_RANGE = 0.9  # scale within e^-0.9..e^0.9 of RADIUS: 3.4-20 px radius at 64 px (data: 3.6-12.8 px)
-SHIFT_PAD = 8  # frames of timeline before and after a clip that a time shift can read (half a 16-frame clip)
 CONTOUR_RANGE = 0.8  # contour radius within e^-0.8..e^0.8 of the scale: a triangle needs corners 2x its apothem, no more
+SHIFT_PAD = 8  # frames of timeline before and after a clip that a time shift can read (half a 16-frame clip)
 
 
 @dataclass
@@ -202,7 +202,8 @@ class LayeredGenerator(nn.Module):
         contour, outline = (torch.exp(CONTOUR_RANGE * torch.tanh(coef @ b.T / CONTOUR_RANGE))  # soft-bounded, never 0
                             for b in (self.basis, self.smooth_basis))  # (B, ANGLES) each
         h = self.motion(torch.cat([c_mot, z], 1))  # (B, hidden)
-        if self.shift is None:
+        if self.shift is None:  # not folded into shifted_pose: its other evaluation order changes the gradients'
+            # float summation, so the weights of every recipe measured without the option
             pose = (self.pose(h.unsqueeze(1) + self.time.unsqueeze(0)) + self.direct(h).view(-1, self.frames, 4)
                     + self.velocity(h).unsqueeze(1) * self.ramp)  # (B, T, 4)
         else:
