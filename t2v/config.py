@@ -152,7 +152,8 @@ def validate(cfg: TrainConfig) -> None:
                  "width", "frame_samples", "r1_every", "world_size"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)!r}")
-    for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every", "seed"):
+    for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every", "seed", "max_seconds",
+                 "r1_weight", "aux_weight", "mismatch_weight", "pair_weight", "spread_weight", "anchor", "shift"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     for name in ("lr_g", "lr_d"):
@@ -166,10 +167,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"lr_decay must be in [0, 1] (a fraction of max_steps), got {cfg.lr_decay!r}")
     if not (0.0 <= cfg.color_dropout <= 1.0):
         raise ValueError(f"color_dropout must be in [0, 1], got {cfg.color_dropout!r}")
-    if (cfg.max_seconds < 0 or cfg.r1_weight < 0 or cfg.aux_weight < 0 or cfg.mismatch_weight < 0
-            or cfg.pair_weight < 0 or cfg.spread_weight < 0 or cfg.anchor < 0 or cfg.shift < 0):
-        raise ValueError("max_seconds, r1_weight, aux_weight, mismatch_weight, pair_weight, spread_weight, anchor "
-                         "and shift must be >= 0")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
 
