@@ -31,6 +31,7 @@ class Family:
     prompt_dropout: bool = True  # whether training prompts may lose their colour word (TrainConfig.color_dropout)
     text_encoders: tuple[str, ...] = ("slots",)  # generator-side text encoders it can be built with; first = its own
     code: tuple[str, ...] = ()  # other modules whose source decides its weights (part of its training cache key)
+    switches: tuple[str, ...] = ()  # TrainConfig on/off switches it honours ("stabilize", "track_critic"); others refuse them
 
 
 PLUGIN_ENV = "T2V_MODEL_PLUGINS"
@@ -40,14 +41,14 @@ _plugins_loaded: list[str] = []
 
 def register_family(name: str, module: str, config_defaults: Mapping[str, Any] | None = None,
                     prompt_dropout: bool = True, text_encoders: tuple[str, ...] = ("slots",),
-                    code: tuple[str, ...] = ()) -> Family:
+                    code: tuple[str, ...] = (), switches: tuple[str, ...] = ()) -> Family:
     """Make `name` selectable everywhere a model is chosen (--model, flows, deployments)."""
     if not name or name != name.strip().lower() or " " in name:
         raise ValueError(f"model name must be one lower-case word, got {name!r}")
     if name in _FAMILIES and _FAMILIES[name].module != module:
         raise ValueError(f"model {name!r} is already registered by {_FAMILIES[name].module}")
     fam = Family(name, module, MappingProxyType(dict(config_defaults or {})), prompt_dropout, tuple(text_encoders),
-                 tuple(code))
+                 tuple(code), tuple(switches))
     _FAMILIES[name] = fam
     return fam
 
@@ -87,6 +88,16 @@ def text_encoder(name: str, requested: str = "default") -> str:
         raise ValueError(f"model {name!r} cannot use text_encoder={requested!r}; valid for it: "
                          f"default ({fam.text_encoders[0]}), {', '.join(fam.text_encoders)}")
     return requested
+
+
+def check_switches(name: str, on: Mapping[str, bool]) -> None:
+    """ValueError if a switch that is on is one family `name` does not honour, naming the families that do."""
+    fam = family(name)
+    for switch, value in on.items():
+        if value and switch not in fam.switches:
+            honour = [n for n, f in _FAMILIES.items() if switch in f.switches]
+            raise ValueError(f"{switch}=true does not apply to model {name!r}; models that take it: "
+                             f"{', '.join(honour) or 'none'}")
 
 
 def implementation(name: str) -> ModuleType:
@@ -137,7 +148,7 @@ def count_parameters(module: Any) -> int:
 # pose MLP alone, at a higher mean held-out accuracy over three seeds; and its rates fall over the last
 # half of the budget: every seed at 98% held-out or more, where the last of three was at 92% (README, design note)
 register_family("video", "t2v.models.video", text_encoders=("slots", "transformer"),
-                config_defaults={"anchor": 0.3, "lr_decay": 0.5})
+                config_defaults={"anchor": 0.3, "lr_decay": 0.5}, code=("t2v.models.track",))
 # The tutorial's optimiser and batch; it ships its last generator (no selection, which would also spend
 # ~8 s a time judging its noise), and its prompts keep their colour words as the tutorial's do.
 register_family("baseline", "t2v.models.baseline",
@@ -146,10 +157,13 @@ register_family("baseline", "t2v.models.baseline",
 # The literature's families (README, "Model families"): each trains with its published optimiser.
 _PUBLISHED = {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "mismatch_weight": 0.0, "aux_weight": 0.0,
               "batch_size": 16}  # (their R1 applies only with stabilize)
-_PIXEL = ("t2v.models.pixel",)  # their shared critics and GAN step
+_PIXEL = ("t2v.models.pixel", "t2v.models.track")  # their shared critics and GAN step
+_SWITCHES = ("stabilize", "track_critic")  # this project's stabilisers and its track critic, off as published
 register_family("conv3d", "t2v.models.conv3d", config_defaults=_PUBLISHED, text_encoders=("bag", "transformer"),
-                code=_PIXEL)
-register_family("rnn", "t2v.models.rnn", config_defaults=_PUBLISHED, text_encoders=("bag", "transformer"), code=_PIXEL)
+                code=_PIXEL, switches=_SWITCHES)
+register_family("rnn", "t2v.models.rnn", config_defaults=_PUBLISHED, text_encoders=("bag", "transformer"), code=_PIXEL,
+                switches=_SWITCHES)
 register_family("transformer", "t2v.models.transformer", text_encoders=("transformer", "bag"), code=_PIXEL,
+                switches=_SWITCHES,
                 config_defaults={**_PUBLISHED, "lr_g": 5e-4, "lr_d": 5e-4, "betas": (0.5, 0.99), "stabilize": True,
                                  "mismatch_weight": 0.5})
