@@ -65,8 +65,6 @@ class TrainConfig:
     # where the family supports it (separates the text encoder's effect from the generator's in the comparison)
     stabilize: bool = False  # conv3d/rnn: hinge loss, spectral norm and R1 (r1_weight) instead of the published BCE
     # recipe (off, so their rows measure what was published); the transformer family trains with them on
-    track_critic: bool = False  # conv3d/rnn/transformer: add the video model's track critic (ink moments of the clip and
-    # their rates, t2v.models.track) to the family's critics; off, so their rows measure the published critics
     anchor: float = 0.0  # video (whose family default is 0.3): start-anchor spread at init, pre-bound units; 0 = none
     shift: float = 0.0  # video: per-clip shift of the clip's time along a padded timeline at init, x 8 frames (where
     # in its cycle a clip starts: a bounce's turn, an orbit's phase); off: at 0.3 it lowered the FD on every seed but
@@ -150,7 +148,7 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
 def validate(cfg: TrainConfig) -> None:
     """Reject bad values before any work, naming the field and what is valid."""
     models.text_encoder(cfg.model, cfg.text_encoder)  # unknown model or encoder -> ValueError naming the valid ones
-    models.check_switches(cfg.model, {"stabilize": cfg.stabilize, "track_critic": cfg.track_critic})
+    models.check_switches(cfg.model, {"stabilize": cfg.stabilize})
     for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
                  "width", "frame_samples", "r1_every", "world_size"):
         if getattr(cfg, name) <= 0:

@@ -12,9 +12,9 @@ import torch.nn as nn
 from t2v import models, text, vocab
 from t2v.models import GeneratorSpec, build_generator, count_parameters
 from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
-from t2v.models.track import TRACK_PER_FRAME, TRACK_PER_STEP, ink_moments, track_features
-from t2v.models.video import (ANGLES, HARMONICS, LayeredGenerator, PairDiscriminator, VideoDiscriminators, concavity,
-                              crop_real, fourier_basis, StartStats, same_motion_partner, spread_gap)
+from t2v.models.video import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, LayeredGenerator, PairDiscriminator,
+                              VideoDiscriminators, concavity, crop_real, fourier_basis, ink_moments,
+                              StartStats, same_motion_partner, spread_gap, track_features)
 from t2v.sampler import export_generator, load_generator
 
 FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer

@@ -85,7 +85,7 @@ class Conv3dDiscriminator(nn.Module):
     frame_only: tuple[str, ...] = ()
 
     def __init__(self, frames: int, size: int, n_vocab: int, width: int = 16, stabilize: bool = False,
-                 text_dim: int = 32, track: bool = False) -> None:
+                 text_dim: int = 32) -> None:
         super().__init__()
         sn = stabilize
         _, joint, spatial = ladder(frames, size)
@@ -104,13 +104,11 @@ class Conv3dDiscriminator(nn.Module):
                                    nn.LeakyReLU(0.2, True))
         self.joint = nn.Sequential(pixel.maybe_sn(nn.Conv3d(c + text_dim, c, 1), sn), nn.LeakyReLU(0.2, True))
         self.out = pixel.maybe_sn(nn.Conv3d(c, 1, (t, 4, 4)), sn)
-        self.track = pixel.TrackCritic(frames, n_vocab) if track else None  # `track_critic`: this project's, off
 
     def forward(self, clip: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.features(clip)  # (B, C, t, 4, 4)
         e = self.embed(ids)[:, :, None, None, None].expand(-1, -1, *h.shape[2:])  # (B, E, t, 4, 4)
-        out = {"clip": self.out(self.joint(torch.cat([h, e], 1))).flatten()}
-        return out if self.track is None else {**out, "track": self.track(clip, ids)}
+        return {"clip": self.out(self.joint(torch.cat([h, e], 1))).flatten()}
 
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
@@ -119,7 +117,7 @@ def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
 
 def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models:
     g, te = build_generator(spec)
-    d = Conv3dDiscriminator(spec.frames, spec.size, spec.n_vocab, cfg.width, cfg.stabilize, track=cfg.track_critic)
+    d = Conv3dDiscriminator(spec.frames, spec.size, spec.n_vocab, cfg.width, cfg.stabilize)
     return build_models(cfg, spec, device, g, te, d)
 
 

@@ -24,7 +24,6 @@ from t2v import distributed, text
 from t2v.config import TrainConfig
 from t2v.loader import to_model
 from t2v.models import GeneratorSpec
-from t2v.models import track
 from t2v.models.common import Models, ema_update, hinge_fake, hinge_real
 
 
@@ -143,23 +142,6 @@ class ClipCritic(nn.Module):
         return self.head(self.net(F.avg_pool3d(clip, (1, 2, 2))), ids)
 
 
-class TrackCritic(nn.Module):
-    """The `video` model's track critic on a pixel clip: per-frame ink moments of the half-resolution clip
-    (centre, size, 2/3/4-fold symmetry and orientation), their changes and rates (turning, orbiting, speed,
-    acceleration), read by a spectral-normed MLP, text by projection. It sees what the pixel judge sees:
-    one shape's track. (B, 3, T, H, W), (B, L) -> (B,)"""
-
-    def __init__(self, frames: int, n_vocab: int, feat: int = 256) -> None:
-        super().__init__()
-        n = track.TRACK_PER_FRAME * frames - track.TRACK_PER_STEP
-        self.net = nn.Sequential(spectral_norm(nn.Linear(n, feat)), nn.LeakyReLU(0.2, True),
-                                 spectral_norm(nn.Linear(feat, feat)), nn.LeakyReLU(0.2, True))
-        self.head = TextProjection(feat, n_vocab, True)
-
-    def forward(self, clip: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.net(track.track_features(track.ink_moments(F.avg_pool3d(clip, (1, 2, 2)), relative=False))), ids)
-
-
 class Critics(nn.Module):
     """Named critics judged side by side; `frame_only` names those that see single frames (no motion)."""
 
@@ -176,10 +158,9 @@ class Critics(nn.Module):
 
 def frame_and_clip_critics(cfg: TrainConfig, spec: GeneratorSpec) -> Critics:
     """MoCoGAN's pair: an image critic on one random frame per clip and a video critic on the clip."""
-    extra = {"track": TrackCritic(spec.frames, spec.n_vocab)} if cfg.track_critic else {}
     return Critics(frame_only=("image",),
                    image=FrameCritic(spec.size, spec.n_vocab, cfg.width, 1, cfg.stabilize),
-                   video=ClipCritic(spec.frames, spec.size, spec.n_vocab, cfg.width, cfg.stabilize), **extra)
+                   video=ClipCritic(spec.frames, spec.size, spec.n_vocab, cfg.width, cfg.stabilize))
 
 
 class PixelStep:
