@@ -64,11 +64,11 @@ class TrainConfig:
     text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"
     # where the family supports it (separates the text encoder's effect from the generator's in the comparison)
     stabilize: bool = False  # conv3d/rnn: hinge loss, spectral norm and R1 (r1_weight) instead of the published BCE
-    # recipe (off, so their rows measure what was published); the transformer family trains with them on
+    # recipe (off, so their rows measure what was published); the transformer family trains with them on; video and
+    # baseline refuse it (a family lists the switches it honours)
     anchor: float = 0.0  # video (whose family default is 0.3): start-anchor spread at init, pre-bound units; 0 = none
-    shift: float = 0.0  # video: per-clip shift of the clip's time along a padded timeline at init, x 8 frames (where
-    # in its cycle a clip starts: a bounce's turn, an orbit's phase); off: at 0.3 it lowered the FD on every seed but
-    # one seed lost its vertical bounce (README, design note)
+    shift: float = 0.0  # video (whose family default is 0.3): per-clip shift of the clip's time along a padded
+    # timeline at init, x 8 frames (where in its cycle a clip starts: a bounce's turn, an orbit's phase); 0 = none
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
