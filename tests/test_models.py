@@ -162,9 +162,11 @@ def test_time_shift_reads_the_same_path_later_or_earlier_and_round_trips(tmp_pat
     old = spec.to_dict()
     del old["shift"]  # a config.json written before the option
     assert GeneratorSpec.from_dict(old).shift == 0.0
-    with pytest.raises(ValueError, match="shift"):
-        from t2v.config import config_for
+    from t2v.config import config_for, generator_spec
 
+    assert generator_spec(config_for("cpu-demo"), T, S).shift == 0.3  # video's family default
+    assert config_for("cpu-demo", model="baseline").shift == 0.0
+    with pytest.raises(ValueError, match="shift"):
         config_for("cpu-demo", shift=-0.1)
 
 

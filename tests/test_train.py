@@ -204,11 +204,11 @@ def test_interrupted_run_resumes_at_its_checkpoint(data: Path, tmp_path: Path) -
     # a checkpoint written before an option existed resumes while the option is at its default (off)
     path = out / "checkpoints" / "last.pt"
     old = torch.load(path, weights_only=True)
-    del old["config"]["shift"]
+    del old["config"]["spread_weight"]
     torch.save(old, path)
     assert train(cfg, data, out).resumed_from == 4
-    with pytest.raises(ValueError, match="different config.*shift: checkpoint 0.0 vs now 0.3"):
-        train(config_for("cpu-demo", model="video", max_steps=4, shift=0.3, **TINY), data, out)
+    with pytest.raises(ValueError, match="different config.*spread_weight: checkpoint 0.0 vs now 1.0"):
+        train(config_for("cpu-demo", model="video", max_steps=4, spread_weight=1.0, **TINY), data, out)
 
     # a different config in the same out_dir is refused before any work
     with pytest.raises(ValueError, match="different config.*lr_g"):
