@@ -3,13 +3,16 @@
 Trains the `video` model (library only: no Prefect, no MLflow) with the given profile on one dataset
 for each seed, then generates every prompt of the dataset's vocabulary (held-out and seen) x
 `--samples` noise seeds, and scores the clips with the pixel judge, the reference featnet's Fréchet
-distance and the start-position spread. A seed whose run dir already holds a finished run is not
-trained again (the loop resumes from its checkpoint, which is the last step).
+distance and the start-position spread; and, per motion, the start spread of `--spread-samples`
+noises of one prompt against as many real clips (4 samples a prompt are too few to say which motions
+are narrow). A seed whose run dir already holds a finished run is not trained again (the loop resumes
+from its checkpoint, which is the last step: its `train_s` is then the resume's second, not the
+training's).
 
 Prints one JSON object; with --readme, rewrites the block between the QUALITY markers.
 
 Usage: python bench/quality.py --data DS [--seeds 0 1 2] [--runs DIR] [--profile cpu-demo] [--set KEY=VALUE]
-                               [--json report.json] [--readme README.md]
+                               [--spread-samples 64] [--json report.json] [--readme README.md]
        python bench/quality.py --from-json report.json --readme README.md
 """
 
@@ -50,6 +53,26 @@ def per_motion(clips, prompts: list[str], held: list[bool]) -> dict[str, dict[st
     return dict(out)
 
 
+def spread_by_motion(generate, vocabulary: tuple, frames: int, size: int, n: int, seed: int = 0
+                     ) -> dict[str, dict[str, float]]:
+    """Start spread of each motion, generated and real, over n samples of one prompt per motion (purple
+    square where the vocabulary has them: held out for every motion): the evaluation's per-prompt spread
+    rests on 4 samples, too few to say which motions are narrow."""
+    from t2v import diversity, vocab
+    from t2v.evaluate import render_reference
+
+    colors, shapes, motions = vocabulary
+    color = "purple" if "purple" in colors else colors[0]
+    out = {}
+    for motion in motions:
+        fits = [sh for sh in shapes if sh in vocab.motions()[motion].shapes]
+        shape = "square" if "square" in fits else fits[0]
+        prompts = [vocab.canonical_prompt(color, shape, motion)] * n
+        out[motion] = {"generated": diversity.start_spread(generate(prompts, seed)),
+                       "real": diversity.start_spread(render_reference(prompts, frames, size, seed)[0])}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="dataset dir (t2v data); required unless --from-json")
@@ -58,6 +81,8 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu-demo")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--samples", type=int, default=4, help="noise seeds per prompt (default 4)")
+    ap.add_argument("--spread-samples", type=int, default=64,
+                    help="noises of one prompt per motion for the per-motion start spread (default 64)")
     ap.add_argument("--readme", type=Path, help="rewrite this README's QUALITY block")
     ap.add_argument("--json", type=Path, help="also write the report here")
     ap.add_argument("--from-json", type=Path, help="only rewrite --readme from a report written by --json")
@@ -76,6 +101,8 @@ def main() -> None:
 
     if a.data is None:
         ap.error("--data is required")
+    if a.spread_samples < 2:
+        ap.error(f"--spread-samples needs at least 2 noises (a spread of one start is undefined), got {a.spread_samples}")
     bad = [kv for kv in a.set if "=" not in kv]
     if bad:
         ap.error(f"--set needs KEY=VALUE, got {bad[0]!r}")
@@ -89,7 +116,7 @@ def main() -> None:
 
     report: dict[str, object] = {"data": str(a.data), "profile": a.profile, "overrides": overrides,
                                  "prompts": {"heldout": len(pset.heldout), "seen": len(pset.seen)},
-                                 "samples": a.samples, "seeds": {}}
+                                 "samples": a.samples, "spread_samples": a.spread_samples, "seeds": {}}
     for seed in a.seeds:
         cfg = config.config_for(a.profile, model="video", seed=seed, **overrides)
         out = a.runs / f"seed{seed}"
@@ -108,8 +135,11 @@ def main() -> None:
                                  "fd_heldout", "fd_floor_heldout", "fd_seen", "fd_floor_seen",
                                  "spread_heldout", "spread_real_heldout", "spread_seen", "spread_real_seen")},
             "motions": per_motion(e.clips, e.prompts, e.held_out),
+            "spread_by_motion": spread_by_motion(sampler.generate, tuple(vocabulary), frames, size,
+                                                 a.spread_samples),
         }
-        print(json.dumps({seed: {k: v for k, v in report["seeds"][seed].items() if k != "motions"}}), flush=True)
+        print(json.dumps({seed: {k: v for k, v in report["seeds"][seed].items() if k not in ("motions", "spread_by_motion")}}),
+              flush=True)
     print(json.dumps(report, indent=1))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +174,16 @@ def write_readme(path: Path, report: dict) -> None:
             seen = f"{c['seen_motion']:.0%}" if "seen_motion" in c else "-"
             cells.append(f"{held} / {seen}")
         lines.append(f"| {mo} | " + " | ".join(cells) + " |")
+    with_spread = [r for r in seeds.values() if "spread_by_motion" in r]
+    if with_spread:
+        n = report.get("spread_samples", 64)
+        lines += ["", f"Start spread per motion, {n} noises of one prompt each (purple square), generated per training "
+                  "seed and real (fraction of the frame side):", "",
+                  "| motion | " + " | ".join(f"seed {s}" for s, r in seeds.items() if "spread_by_motion" in r)
+                  + " | real |", "|---|" + "---|" * (len(with_spread) + 1)]
+        for mo in with_spread[0]["spread_by_motion"]:
+            cells = [f"{r['spread_by_motion'][mo]['generated']:.3f}" for r in with_spread]
+            lines.append(f"| {mo} | " + " | ".join(cells) + f" | {with_spread[0]['spread_by_motion'][mo]['real']:.3f} |")
     lines.append(END)
     text = path.read_text()
     block = "\n".join(lines)

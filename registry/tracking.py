@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from urllib.parse import quote, urlparse
 
 import mlflow
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -148,9 +149,12 @@ def installed_version(dist: str) -> str | None:
 
 def reproducibility_tags(max_seconds: float) -> dict[str, str]:
     """What a run needs beside its config and dataset checksum to be reproduced: the interpreter and
-    package versions, and whether a wall-clock cap made its length depend on the machine."""
+    package versions, the CPU kind, and whether a wall-clock cap made its length depend on the machine."""
     tags = {"env.python": platform.python_version(),
-            **{f"env.{d}": installed_version(d) or "absent" for d in PINNED}}
+            **{f"env.{d}": installed_version(d) or "absent" for d in PINNED},
+            # the kernels torch picks for this CPU: float sums, and so the trained weights, differ between its AVX2
+            # and AVX-512 kernels (README, Reproducibility)
+            "env.cpu": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"}
     tags["reproducible"] = "true" if max_seconds <= 0 else "false"
     if max_seconds > 0:
         tags["reproducible.why_not"] = (f"max_seconds={max_seconds:g}: the step count reached depends on the "

@@ -318,6 +318,7 @@ def test_run_records_what_reproduces_it_and_flags_a_time_cap(trained: dict[str, 
     assert tags["reproducible"] == "true"
     assert tags["env.torch"] == torch.__version__.split("+")[0]
     assert tags["env.python"].count(".") == 2
+    assert tags["env.cpu"].endswith(torch.backends.cpu.get_cpu_capability())
     assert tags["dataset.manifest_checksum"] == dataset.manifest_checksum(data_dir)
     _, capped = run_flow(data_dir, model="video", max_steps=2, out=str(tmp_path / "capped"),
                          overrides={**TINY_TRAIN, "max_seconds": 3600})
