@@ -24,6 +24,10 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from t2v.evaluate import GenerateFn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,8 +57,8 @@ def per_motion(clips, prompts: list[str], held: list[bool]) -> dict[str, dict[st
     return dict(out)
 
 
-def spread_by_motion(generate, vocabulary: tuple, frames: int, size: int, n: int, seed: int = 0
-                     ) -> dict[str, dict[str, float]]:
+def spread_by_motion(generate: "GenerateFn", vocabulary: tuple[tuple[str, ...], ...], frames: int, size: int, n: int,
+                     seed: int = 0) -> dict[str, dict[str, float]]:
     """Start spread of each motion, generated and real, over n samples of one prompt per motion (purple
     square where the vocabulary has them: held out for every motion): the evaluation's per-prompt spread
     rests on 4 samples, too few to say which motions are narrow."""
@@ -138,8 +142,8 @@ def main() -> None:
             "spread_by_motion": spread_by_motion(sampler.generate, tuple(vocabulary), frames, size,
                                                  a.spread_samples),
         }
-        print(json.dumps({seed: {k: v for k, v in report["seeds"][seed].items() if k not in ("motions", "spread_by_motion")}}),
-              flush=True)
+        brief = {k: v for k, v in report["seeds"][seed].items() if k not in ("motions", "spread_by_motion")}
+        print(json.dumps({seed: brief}), flush=True)
     print(json.dumps(report, indent=1))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -174,16 +178,16 @@ def write_readme(path: Path, report: dict) -> None:
             seen = f"{c['seen_motion']:.0%}" if "seen_motion" in c else "-"
             cells.append(f"{held} / {seen}")
         lines.append(f"| {mo} | " + " | ".join(cells) + " |")
-    with_spread = [r for r in seeds.values() if "spread_by_motion" in r]
-    if with_spread:
-        n = report.get("spread_samples", 64)
-        lines += ["", f"Start spread per motion, {n} noises of one prompt each (purple square), generated per training "
-                  "seed and real (fraction of the frame side):", "",
-                  "| motion | " + " | ".join(f"seed {s}" for s, r in seeds.items() if "spread_by_motion" in r)
-                  + " | real |", "|---|" + "---|" * (len(with_spread) + 1)]
-        for mo in with_spread[0]["spread_by_motion"]:
-            cells = [f"{r['spread_by_motion'][mo]['generated']:.3f}" for r in with_spread]
-            lines.append(f"| {mo} | " + " | ".join(cells) + f" | {with_spread[0]['spread_by_motion'][mo]['real']:.3f} |")
+    spreads = {s: r["spread_by_motion"] for s, r in seeds.items() if "spread_by_motion" in r}
+    if spreads:
+        first = next(iter(spreads.values()))
+        lines += ["", f"Start spread per motion, {report.get('spread_samples', 64)} noises of one prompt each (purple "
+                  "square where the vocabulary has them), generated per training seed and real (fraction of the frame "
+                  "side):", "", "| motion | " + " | ".join(f"seed {s}" for s in spreads) + " | real |",
+                  "|---|" + "---|" * (len(spreads) + 1)]
+        for mo in first:
+            cells = [f"{sp[mo]['generated']:.3f}" for sp in spreads.values()]
+            lines.append(f"| {mo} | " + " | ".join(cells) + f" | {first[mo]['real']:.3f} |")
     lines.append(END)
     text = path.read_text()
     block = "\n".join(lines)
