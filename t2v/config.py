@@ -54,8 +54,8 @@ class TrainConfig:
     r1_every: int = 4  # lazy R1: pay the double backward once every N steps (~10% of step time)
     aux_weight: float = 1.0  # AC-GAN classification heads (colour, shape, motion): fast prompt following
     mismatch_weight: float = 0.5  # real clip + wrong prompt is a negative for D (matching-aware D)
-    pair_weight: float = 0.0  # video: the pair critic (two paths of one motion, PacGAN), off: in the 1,800-step budget it
-    # helped bouncing but cost spinning and barely widened the start spread (README, design note)
+    pair_weight: float = 0.0  # video: the pair critic (two paths of one motion, PacGAN), off: on the shipped recipe it
+    # widened seed 0's start spread to 0.78x real but collapsed seeds 1 and 2 (README, design note)
     spread_weight: float = 0.0  # video: pull the per-axis variance of the start centre over 8 noises of each prompt to
     # the real clips' of its motion (moment matching, no critic); off: it widens the spread to 0.8x real and lowers the
     # FD, but costs motions (README, design note)

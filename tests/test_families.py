@@ -141,7 +141,16 @@ def test_switches_only_where_a_family_honours_them() -> None:
     assert config_for("cpu-demo", model="transformer").stabilize  # its default, honoured
 
 
+def test_rnn_and_transformer_train_with_one_recipe() -> None:
+    """Their rows differ by generator: the same objective, stabilisers, optimiser and negatives."""
+    fields = ("stabilize", "lr_g", "lr_d", "betas", "mismatch_weight", "aux_weight", "r1_weight", "batch_size")
+    rnn, tf = config_for("cpu-demo", model="rnn"), config_for("cpu-demo", model="transformer")
+    assert [getattr(rnn, f) for f in fields] == [getattr(tf, f) for f in fields]
+    assert rnn.stabilize and rnn.lr_g == 5e-4
+
+
 @pytest.mark.parametrize("model,extra", [("conv3d", {}), ("rnn", {}), ("transformer", {}),
+                                         ("rnn", {"stabilize": False, "mismatch_weight": 0.0}),  # MoCoGAN's recipe
                                          ("conv3d", {"stabilize": True, "r1_every": 1, "text_encoder": "transformer"}),
                                          ("video", {"text_encoder": "transformer"})])
 def test_family_trains_checkpoints_resumes_and_exports(data: Path, tmp_path: Path, model: str, extra: dict) -> None:

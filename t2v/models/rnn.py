@@ -8,7 +8,9 @@ generator --
 critics -- both see the prompt (projection on a bag of word vectors):
   image  D_I: single random frames, 2D convs      -> is this frame a real frame of this prompt?
   video  D_V: the clip (half resolution), 3D convs -> is this a real clip of this prompt (its motion)?
-Adam 2e-4, betas (0.5, 0.999), BCE (MoCoGAN's recipe); `--set stabilize=true` adds hinge, spectral norm, R1.
+Trained as the transformer family is (hinge, spectral norm, R1, wrong-prompt negatives, Adam 5e-4, betas
+(0.5, 0.99)); MoCoGAN's published recipe (BCE, Adam 2e-4, betas (0.5, 0.999), no negatives) is
+`--set stabilize=false --set lr_g=2e-4 --set lr_d=2e-4 --set betas=0.5,0.999 --set mismatch_weight=0`.
 """
 
 from __future__ import annotations
