@@ -21,7 +21,6 @@ from typing import Any, Mapping
 from urllib.parse import quote, urlparse
 
 import mlflow
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -150,6 +149,8 @@ def installed_version(dist: str) -> str | None:
 def reproducibility_tags(max_seconds: float) -> dict[str, str]:
     """What a run needs beside its config and dataset checksum to be reproduced: the interpreter and
     package versions, the CPU kind, and whether a wall-clock cap made its length depend on the machine."""
+    import torch  # here, not at module level: `t2v lineage` reads runs and needs no torch
+
     tags = {"env.python": platform.python_version(),
             **{f"env.{d}": installed_version(d) or "absent" for d in PINNED},
             # the kernels torch picks for this CPU: float sums, and so the trained weights, differ between its AVX2

@@ -150,7 +150,8 @@ def test_rnn_and_transformer_train_with_one_recipe() -> None:
 
 
 @pytest.mark.parametrize("model,extra", [("conv3d", {}), ("rnn", {}), ("transformer", {}),
-                                         ("rnn", {"stabilize": False, "mismatch_weight": 0.0}),  # MoCoGAN's recipe
+                                         ("rnn", {"stabilize": False, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999),
+                                                  "mismatch_weight": 0.0}),  # MoCoGAN's recipe
                                          ("conv3d", {"stabilize": True, "r1_every": 1, "text_encoder": "transformer"}),
                                          ("video", {"text_encoder": "transformer"})])
 def test_family_trains_checkpoints_resumes_and_exports(data: Path, tmp_path: Path, model: str, extra: dict) -> None:
