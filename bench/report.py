@@ -6,7 +6,12 @@ seeds and reference featnet, and rewrites the block between the RESULTS markers 
 docs/families_contact_sheet.png: the same held-out prompts from every family, side by side (rows =
 prompts; per family, evenly spaced frames of noise seed 0).
 
-Usage: python bench/report.py [--data data] [--profile cpu-demo] [--models baseline video ...] [--readme README.md]
+`--recipe-rows` adds a row per named family trained with the recipe `rnn` and `transformer` train with
+(this project's stabilisers, Adam 5e-4, betas (0.5, 0.99), wrong-prompt negatives), beside its own row:
+by default `conv3d`, whose own row measures the published recipe.
+
+Usage: python bench/report.py [--data data] [--profile cpu-demo] [--models baseline video ...]
+                              [--recipe-rows conv3d ...] [--readme README.md]
 """
 
 from __future__ import annotations
@@ -22,6 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+RECIPE = ("stabilize", "lr_g", "lr_d", "betas", "mismatch_weight")  # what the transformer family's defaults set
+RECIPE_SUFFIX = "+recipe"  # the label of a --recipe-rows row: conv3d+recipe
+
+
+def project_recipe(profile: str) -> dict[str, object]:
+    """The objective, stabilisers, optimiser and negatives `rnn` and `transformer` train with, read off the
+    transformer family's config so the extra rows follow it."""
+    from t2v.config import config_for
+
+    cfg = config_for(profile, model="transformer")
+    return {k: getattr(cfg, k) for k in RECIPE}
 
 
 def contact_sheet(exports: dict[str, Path], prompts: list[str], out: Path, columns: int = 6) -> Path:
@@ -54,10 +70,22 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu-demo", help="training profile of every family (default cpu-demo)")
     ap.add_argument("--models", nargs="+", default=list(models.names()),
                     help=f"families to compare (default: every registered one: {', '.join(models.names())})")
+    ap.add_argument("--recipe-rows", nargs="*", default=["conv3d"], metavar="MODEL",
+                    help="families also trained with rnn's and transformer's recipe, one extra row each "
+                         "(default: conv3d; none: pass the flag alone)")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     a = ap.parse_args()
-    for name in a.models:
+    for name in [*a.models, *a.recipe_rows]:
         models.family(name)  # unknown family: the error lists the registered ones, before any work
+    from t2v.config import config_for
+
+    recipe = project_recipe(a.profile)
+    try:  # a family that cannot take the recipe (video, baseline refuse stabilize) fails here, naming it
+        for name in a.recipe_rows:
+            config_for(a.profile, model=name, **recipe)
+    except ValueError as e:
+        ap.error(str(e))
+    plan = {m: (m, {}) for m in a.models} | {m + RECIPE_SUFFIX: (m, recipe) for m in a.recipe_rows}
 
     import os
 
@@ -72,9 +100,9 @@ def main() -> None:
     from registry.evaluation import dataset_prompts
 
     rows, walls, runs, extra = {}, {}, {}, {}
-    for model in a.models:
+    for model, (family, overrides) in plan.items():
         t0 = time.perf_counter()
-        r = full_pipeline(out=a.data, model=model, profile=a.profile)
+        r = full_pipeline(out=a.data, model=family, profile=a.profile, train_overrides=dict(overrides))
         walls[model] = time.perf_counter() - t0
         runs[model] = r
         tr = r["train"]
@@ -85,7 +113,8 @@ def main() -> None:
                         "train clips/s (last 25 steps)": tr["metrics"].get("clips_per_s", float("nan")),
                         "train wall time, s": tr["metrics"].get("elapsed_s", float("nan"))}
         rows[model] = r["evaluate"]["metrics"]
-    net = runs[a.models[-1]]["evaluate"]["featnet"]
+    names = list(plan)
+    net = runs[names[-1]]["evaluate"]["featnet"]
     cfg = ev.EvalConfig()
     pset = dataset_prompts(Path(a.data), cfg)
     t0 = time.perf_counter()
@@ -95,11 +124,11 @@ def main() -> None:
     walls["real"] = time.perf_counter() - t0
 
     shown = list(pset.heldout[:: max(1, len(pset.heldout) // 8)][:8])
-    contact_sheet({m: Path(runs[m]["train"]["export_dir"]) for m in a.models}, shown,
+    contact_sheet({m: Path(runs[m]["train"]["export_dir"]) for m in names}, shown,
                   ROOT / "docs" / "families_contact_sheet.png")
     fmt = {"parameters (generator + text encoder)": "{:,.0f}", "training steps": "{:,.0f}",
            "train clips/s (last 25 steps)": "{:.1f}", "train wall time, s": "{:.0f}"}
-    extra_rows = "\n".join(f"| {k} | " + " | ".join(f.format(extra[m][k]) for m in a.models) + " | |"
+    extra_rows = "\n".join(f"| {k} | " + " | ".join(f.format(extra[m][k]) for m in names) + " | |"
                             for k, f in fmt.items())
     lines = [
         BEGIN,
@@ -107,13 +136,13 @@ def main() -> None:
         f"per prompt, every held-out prompt and {cfg.seen_prompts} seen prompts; pixel judge and the reference "
         "featnet). Wall time of each row's pipeline (data stage cached; a cached training reports its original "
         "time in the table): " + ", ".join(
-            f"{k}: {walls[k]:.0f} s" + (" (training cached)" if runs[k]["train"]["cached"] else "") for k in a.models)
+            f"{k}: {walls[k]:.0f} s" + (" (training cached)" if runs[k]["train"]["cached"] else "") for k in names)
         + f", real clips: {walls['real']:.0f} s.",
         "",
         ev.metrics_table(rows),
         extra_rows,
         "",
-        f"The same held-out prompts from every family (left to right: {', '.join(a.models)}; rows = "
+        f"The same held-out prompts from every family (left to right: {', '.join(names)}; rows = "
         f"{'; '.join(shown)}):",
         "",
         "![held-out prompts from every family](docs/families_contact_sheet.png)",

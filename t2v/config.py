@@ -64,7 +64,8 @@ class TrainConfig:
     text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"
     # where the family supports it (separates the text encoder's effect from the generator's in the comparison)
     stabilize: bool = False  # conv3d/rnn: hinge loss, spectral norm and R1 (r1_weight) instead of the published BCE
-    # recipe (off, so their rows measure what was published); the transformer family trains with them on; video and
+    # recipe (conv3d's critic also reads the text by projection instead of concatenation: README, "Model families");
+    # off for conv3d, so its row measures what was published; rnn and transformer train with them on; video and
     # baseline refuse it (a family lists the switches it honours)
     anchor: float = 0.0  # video (whose family default is 0.3): start-anchor spread at init, pre-bound units; 0 = none
     shift: float = 0.0  # video (whose family default is 0.3): per-clip shift of the clip's time along a padded

@@ -63,7 +63,7 @@ def test_generator_and_critic_shapes(model: str, T: int, S: int) -> None:
 
 
 def test_conv3d_is_the_published_architecture_plus_spatial_blocks() -> None:
-    from t2v.models import conv3d
+    from t2v.models import conv3d, pixel
 
     cfg = config_for("cpu-demo", model="conv3d")
     assert (cfg.lr_g, cfg.lr_d, cfg.betas, cfg.stabilize, cfg.mismatch_weight, cfg.batch_size) == \
@@ -89,6 +89,13 @@ def test_conv3d_is_the_published_architecture_plus_spatial_blocks() -> None:
     stab = conv3d.Conv3dDiscriminator(16, 64, text.vocab_size(), width=16, stabilize=True)
     assert not any(isinstance(l, nn.BatchNorm3d) for l in stab.features)
     assert any(hasattr(l, "parametrizations") for l in stab.features)  # spectral norm
+    assert (d.projection, stab.projection) == (False, True)  # text concatenated as published, projected stabilised
+    assert isinstance(stab.head, pixel.TextProjection) and not hasattr(stab, "embed") and not hasattr(d, "head")
+    clip, ids = torch.rand(2, 3, 16, 64, 64) * 2 - 1, text.encode(["red circle moving up", "blue square moving up"])
+    with torch.no_grad():
+        stab.eval()  # no power iteration between the two calls
+        a, b = stab(clip, ids)["clip"], stab(clip, ids.flip(0))["clip"]
+    assert a.shape == (2,) and not torch.allclose(a, b)  # the logit reads the prompt
 
 
 def test_rnn_motion_comes_from_the_gru_and_content_is_shared() -> None:

@@ -9,8 +9,10 @@ generator -- [noise z ; text code] as a 1x1x1 volume                            
 discriminator -- Conv3d(k=4, s=2) + LeakyReLU(0.2) (+ BatchNorm3d after the first) down to 4x4 frames,
   then the text embedding replicated over the volume and concatenated (Reed et al.'s conditional D),
   a 1x1x1 conv and a final conv to one logit per clip.
-Adam 2e-4, betas (0.5, 0.999), BCE, no EMA-specific tricks: `--set stabilize=true` swaps in hinge,
-spectral norm (instead of BatchNorm in D) and R1.
+Adam 2e-4, betas (0.5, 0.999), BCE, no EMA-specific tricks: `--set stabilize=true` swaps in this
+project's critic recipe: hinge, spectral norm (instead of BatchNorm in D), R1, and the text joined by
+projection (Miyato & Koyama, as in every other critic here) instead of by concatenation. With the
+concatenation, the stabilised D let G collapse to one clip for every prompt (README, "Model families").
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class Conv3dGenerator(nn.Module):
 
 
 class Conv3dDiscriminator(nn.Module):
-    """(B, 3, T, H, W), (B, L) -> {"clip": (B,)} one logit per clip; the text joins at the 4x4 volume."""
+    """(B, 3, T, H, W), (B, L) -> {"clip": (B,)} one logit per clip; the text joins at the 4x4 volume,
+    concatenated (published) or, stabilised, by projection."""
 
     frame_only: tuple[str, ...] = ()
 
@@ -100,13 +103,19 @@ class Conv3dDiscriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, True))
             c, t = out, t // s[0]
         self.features = nn.Sequential(*layers)  # (B, C, t, 4, 4)
+        self.projection = stabilize
+        if stabilize:
+            self.head = pixel.TextProjection(c * t * 16, n_vocab, sn)
+            return
         self.embed = nn.Sequential(text.MeanEmbedding(n_vocab, text_dim), nn.Linear(text_dim, text_dim),
                                    nn.LeakyReLU(0.2, True))
-        self.joint = nn.Sequential(pixel.maybe_sn(nn.Conv3d(c + text_dim, c, 1), sn), nn.LeakyReLU(0.2, True))
-        self.out = pixel.maybe_sn(nn.Conv3d(c, 1, (t, 4, 4)), sn)
+        self.joint = nn.Sequential(nn.Conv3d(c + text_dim, c, 1), nn.LeakyReLU(0.2, True))
+        self.out = nn.Conv3d(c, 1, (t, 4, 4))
 
     def forward(self, clip: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.features(clip)  # (B, C, t, 4, 4)
+        if self.projection:
+            return {"clip": self.head(h.flatten(1), ids)}
         e = self.embed(ids)[:, :, None, None, None].expand(-1, -1, *h.shape[2:])  # (B, E, t, 4, 4)
         return {"clip": self.out(self.joint(torch.cat([h, e], 1))).flatten()}
 
