@@ -27,17 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
-RECIPE = ("stabilize", "lr_g", "lr_d", "betas", "mismatch_weight")  # what the transformer family's defaults set
 RECIPE_SUFFIX = "+recipe"  # the label of a --recipe-rows row: conv3d+recipe
-
-
-def project_recipe(profile: str) -> dict[str, object]:
-    """The objective, stabilisers, optimiser and negatives `rnn` and `transformer` train with, read off the
-    transformer family's config so the extra rows follow it."""
-    from t2v.config import config_for
-
-    cfg = config_for(profile, model="transformer")
-    return {k: getattr(cfg, k) for k in RECIPE}
 
 
 def contact_sheet(exports: dict[str, Path], prompts: list[str], out: Path, columns: int = 6) -> Path:
@@ -79,7 +69,7 @@ def main() -> None:
         models.family(name)  # unknown family: the error lists the registered ones, before any work
     from t2v.config import config_for
 
-    recipe = project_recipe(a.profile)
+    recipe = dict(models.family("transformer").config_defaults)  # the registry's own record of the recipe
     try:  # a family that cannot take the recipe (video, baseline refuse stabilize) fails here, naming it
         for name in a.recipe_rows:
             config_for(a.profile, model=name, **recipe)
