@@ -5,8 +5,9 @@ steps trains on to 3,600 (weights, optimisers, RNG states and the selection's be
 stream restarts, seeded by the step, so the result is that of a resumed run, not of one started with
 max_steps=3600, and is the same on every rerun of this script).
 After each budget the shipped weights (the pixel judge's pick on the train prompts) generate every
-held-out prompt and `--seen` seen prompts x `--samples` noise seeds, scored by the pixel judge, the
-shipped reference featnet's Fréchet distance and the start-position spread. Library only: no Prefect,
+held-out prompt and `--seen` seen prompts x `--samples` noise seeds, scored by the pixel judge (with its
+shape gap, which moves while the shape accuracy is still 0), the shipped reference featnet's Fréchet
+distance and the start-position spread. Library only: no Prefect,
 no MLflow. Prints one JSON line per budget, then the whole report.
 
 Usage: python bench/budget.py --data DS --model transformer [--budgets 1800 3600 5400] [--runs DIR]
@@ -24,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-KEYS = ("judge_heldout_all3", "judge_heldout_color", "judge_heldout_shape", "judge_heldout_motion",
-        "judge_seen_all3", "judge_seen_motion", "fd_heldout", "fd_floor_heldout", "spread_heldout",
+KEYS = ("judge_heldout_all3", "judge_heldout_color", "judge_heldout_shape", "judge_heldout_shape_gap",
+        "judge_heldout_motion", "judge_seen_all3", "judge_seen_shape_gap", "judge_seen_motion", "fd_heldout", "fd_floor_heldout", "spread_heldout",
         "spread_real_heldout")
 
 

@@ -264,20 +264,44 @@ def _colors(rgb: np.ndarray, cfg: JudgeConfig) -> list[str | None]:
     return [names[b] if o else None for b, o in zip(best, ok)]
 
 
-def _shapes(m: dict[str, np.ndarray], cfg: JudgeConfig) -> list[str | None]:
-    """Shape from the area-weighted symmetry strengths of the clip's larger frames (small ones are coarse)."""
+def _shape_moments(m: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per clip: whether any shape was found, its mean elongation m2, and the distance of its mean (m3, m4)
+    to each prototype, from the area-weighted larger frames (small ones are coarse). # (N,), (N,), (N, 3)"""
     area = m["area"]
     big = area >= 0.5 * area.max(1, keepdims=True)
     wgt = np.where(big & (area > 0), area, 0.0)
     tot = wgt.sum(1)
     mean = {k: (wgt * m[k]).sum(1) / np.where(tot > 0, tot, 1.0) for k in ("m2", "m3", "m4")}
-    names = list(_PROTOTYPES)
-    proto = np.asarray([_PROTOTYPES[s] for s in names])  # (3, 2)
+    proto = np.asarray([_PROTOTYPES[s] for s in _PROTOTYPES])  # (3, 2)
     feats = np.stack([mean["m3"], mean["m4"]], 1)  # (N, 2)
-    dist = np.linalg.norm(feats[:, None] - proto[None], axis=-1)
+    return tot > 0, mean["m2"], np.linalg.norm(feats[:, None] - proto[None], axis=-1)
+
+
+def _shapes(m: dict[str, np.ndarray], cfg: JudgeConfig) -> list[str | None]:
+    """The nearest prototype, where the clip is round enough and near enough to it."""
+    found, m2, dist = _shape_moments(m)
+    names = list(_PROTOTYPES)
     best = np.argmin(dist, 1)
-    ok = (tot > 0) & (mean["m2"] <= cfg.max_elongation) & (dist[np.arange(len(best)), best] <= cfg.max_shape_dist)
+    ok = found & (m2 <= cfg.max_elongation) & (dist[np.arange(len(best)), best] <= cfg.max_shape_dist)
     return [names[b] if o else None for b, o in zip(best, ok)]
+
+
+def shape_gaps(clips: np.ndarray, shapes: Sequence[str], config: JudgeConfig = JudgeConfig()) -> np.ndarray:
+    """How far each clip's pixels are from being named `shapes[i]`: the larger of its elongation and its
+    distance to that shape's prototype, each over the judge's threshold, so at most 1 exactly where the
+    judge names that shape (the prototypes are more than two thresholds apart), and inf for a blank clip.
+    A continuous score for generators that draw blobs the judge names nothing: it shows them closing in
+    before the shape accuracy moves. # (N, T, H, W, 3) uint8 -> (N,)"""
+    clips = _as_batch(clips)
+    if len(shapes) != len(clips):
+        raise ValueError(f"{len(clips)} clips but {len(shapes)} shapes")
+    bad = sorted({s for s in shapes if s not in _PROTOTYPES})
+    if bad:
+        raise ValueError(f"unknown shape(s) {bad}; shapes: {', '.join(_PROTOTYPES)}")
+    found, m2, dist = _shape_moments(_measure(clips, config))
+    col = [list(_PROTOTYPES).index(s) for s in shapes]
+    gap = np.maximum(m2 / config.max_elongation, dist[np.arange(len(col)), col] / config.max_shape_dist)
+    return np.where(found, gap, np.inf)
 
 
 def _motions(m: dict[str, np.ndarray], shapes: list[str | None], h: int, w: int, cfg: JudgeConfig) -> list[str | None]:

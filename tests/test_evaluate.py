@@ -65,6 +65,7 @@ def test_real_clips_score_as_real(setup: dict) -> None:
     assert calls == [(res.prompts, CFG.seed)]  # one call, every prompt's samples, the fixed seed
     assert m["judge_heldout_all3"] >= 0.95, m
     assert m["judge_seen_all3"] >= 0.95, m
+    assert m["judge_heldout_shape_gap"] <= 1.0 and m["judge_seen_shape_gap"] <= 1.0, m  # the median clip is named
     assert m["featnet_seen_all3"] >= 0.8, m
     assert m["fd_n_heldout"] == 3 * len(setup["prompts"].heldout)
     assert m["fd_heldout"] < 3 * m["fd_floor_heldout"] + 1.0, m  # real clips sit near the real floor
@@ -90,6 +91,13 @@ def test_corrupted_clips_score_worse(setup: dict) -> None:
     assert bad["judge_heldout_all3"] < good["judge_heldout_all3"] - 0.5, bad
     assert bad["fd_heldout"] > 2 * good["fd_heldout"], (bad["fd_heldout"], good["fd_heldout"])
     assert bad["featnet_heldout_all3"] < good["featnet_heldout_all3"]
+
+    def smeared(prompts: list[str], seed: int) -> np.ndarray:  # each frame the mean of the clip: a motion-blurred blob
+        clips = real(prompts, seed)
+        return np.broadcast_to(clips.mean(1, keepdims=True), clips.shape).round().astype(np.uint8)
+
+    blur = ev.evaluate(smeared, setup["prompts"], setup["clf"], None, CFG).metrics
+    assert blur["judge_heldout_shape_gap"] > 1.0 > good["judge_heldout_shape_gap"], (blur, good)
     mode = ev.evaluate(collapsed, setup["prompts"], setup["clf"], None, CFG).metrics
     assert mode["spread_heldout"] == 0.0
     assert mode["spread_seen"] == 0.0

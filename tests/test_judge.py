@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from t2v import vocab
-from t2v.judge import Judgement, Track, judge, judge_batch, judge_many, score, track
+from t2v.judge import Judgement, Track, judge, judge_batch, judge_many, score, shape_gaps, track
 from t2v.render import ClipSpec, render
 from t2v.shards import DataParams, plan, write_shard
 
@@ -238,6 +238,34 @@ def test_blank_and_broken_clips_are_judged_unknown() -> None:
     bar[:, 28:36, 10:50] = vocab.COLORS["red"]  # 5:1 bar: none of the three shapes
     assert judge(bar).shape is None
     assert score([bar, blank], ["red square moving up", "circle moving up"])["all_all3"] == 0.0
+
+
+def test_shape_gap_is_at_most_one_exactly_where_the_judge_names_that_shape(real: dict) -> None:
+    """The continuous shape score agrees with the judge's verdict for every shape, on real clips and on
+    clips the judge names nothing (a bar, a blank frame, a square smeared into a blob)."""
+    clips = real["clips"][::7]
+    judged = real["judged"][::7]
+    blank = np.full_like(clips[0], 255)
+    bar = blank.copy()
+    bar[:, 8:12, 4:30] = vocab.COLORS["red"]
+    smear = clips[[j.shape for j in judged].index("square")].copy()
+    smear[:, :, 1:] = np.minimum(smear[:, :, 1:], smear[:, :, :-1])  # ink dragged one pixel right, 3 times
+    smear[:, :, 1:] = np.minimum(smear[:, :, 1:], smear[:, :, :-1])
+    smear[:, :, 1:] = np.minimum(smear[:, :, 1:], smear[:, :, :-1])
+    extra = np.stack([bar, smear])
+    names = [j.shape for j in judged] + [judge(c).shape for c in extra]
+    assert names[-2:] == [None, None]
+    every = np.concatenate([clips, extra])
+    for shape in vocab.SHAPES:
+        gaps = shape_gaps(every, [shape] * len(every))
+        assert np.isfinite(gaps).all()
+        assert ((gaps <= 1.0) == np.array([n == shape for n in names])).all(), (shape, gaps, names)
+    assert shape_gaps(extra[1:], ["square"])[0] < shape_gaps(extra[:1], ["square"])[0]  # a blob is nearer than a bar
+    assert shape_gaps(blank[None], ["circle"])[0] == math.inf
+    with pytest.raises(ValueError, match="unknown shape.*hexagon.*circle, square, triangle"):
+        shape_gaps(clips[:1], ["hexagon"])
+    with pytest.raises(ValueError, match="2 clips but 1 shapes"):
+        shape_gaps(clips[:2], ["circle"])
 
 
 def test_batch_single_and_mixed_sizes_agree() -> None:
