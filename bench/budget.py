@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KEYS = ("judge_heldout_all3", "judge_heldout_color", "judge_heldout_shape", "judge_heldout_shape_gap",
-        "judge_heldout_motion", "judge_seen_all3", "judge_seen_shape_gap", "judge_seen_motion", "fd_heldout", "fd_floor_heldout", "spread_heldout",
-        "spread_real_heldout")
+        "judge_heldout_motion", "judge_seen_all3", "judge_seen_shape_gap", "judge_seen_motion", "fd_heldout",
+        "fd_floor_heldout", "spread_heldout", "spread_real_heldout")
 
 
 def main() -> None:

@@ -158,8 +158,9 @@ def evaluate(generate: GenerateFn, prompts: PromptSet, clf: featnet.Classifier, 
              cfg: EvalConfig = EvalConfig(), on_phase: Callable[[str], None] | None = None) -> Evaluation:
     """Generate every prompt's samples with cfg.seed and compute all metrics, seen vs held-out.
 
-    Metric keys: judge_{seen,heldout,all}_{color,shape,motion,all3}; judge_{seen,heldout}_shape_gap (the median
-    clip's `judge.shape_gaps`: at most 1 once most clips draw their prompt's shape, inf when most are blank); featnet_{seen,heldout}_{color,shape,
+    Metric keys: judge_{seen,heldout,all}_{color,shape,motion,all3}; judge_{seen,heldout}_shape_gap (the
+    median clip's `judge.shape_gaps`: at most 1 once over half the clips are named their prompt's shape; inf,
+    which MLflow is not sent, when at least half are blank); featnet_{seen,heldout}_{color,shape,
     motion,all3}; fd_{g}, fd_floor_{g} (real vs real) and fd_n_{g} (the sample count both are taken at);
     spread_{g} and spread_real_{g} (mean per-prompt start spread, fraction of the side); nn_generated,
     nn_real, nn_ratio, copy_rate (memorisation, when a bank is given); n_prompts_{g}, samples.
@@ -255,7 +256,8 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table, one column per model: the metrics a reader compares, seen vs held-out."""
     keys = [
         ("pixel judge all-three", "judge_{g}_all3"), ("pixel judge colour", "judge_{g}_color"),
-        ("pixel judge shape", "judge_{g}_shape"), ("shape gap, median clip (at most 1: shape named)", "judge_{g}_shape_gap"),
+        ("pixel judge shape", "judge_{g}_shape"),
+        ("shape gap, median clip (at most 1: shape named)", "judge_{g}_shape_gap"),
         ("pixel judge motion", "judge_{g}_motion"),
         ("featnet all-three", "featnet_{g}_all3"), ("featnet Fréchet distance", "fd_{g}"),
         ("Fréchet floor, real vs real", "fd_floor_{g}"), ("start spread", "spread_{g}"),

@@ -286,22 +286,26 @@ def _shapes(m: dict[str, np.ndarray], cfg: JudgeConfig) -> list[str | None]:
     return [names[b] if o else None for b, o in zip(best, ok)]
 
 
-def shape_gaps(clips: np.ndarray, shapes: Sequence[str], config: JudgeConfig = JudgeConfig()) -> np.ndarray:
-    """How far each clip's pixels are from being named `shapes[i]`: the larger of its elongation and its
-    distance to that shape's prototype, each over the judge's threshold, so at most 1 exactly where the
-    judge names that shape (the prototypes are more than two thresholds apart), and inf for a blank clip.
-    A continuous score for generators that draw blobs the judge names nothing: it shows them closing in
-    before the shape accuracy moves. # (N, T, H, W, 3) uint8 -> (N,)"""
+def shape_gaps(clips: np.ndarray, shapes: Sequence[str], config: JudgeConfig = JudgeConfig(),
+               batch: int = 256) -> np.ndarray:
+    """How far each clip is from being named `shapes[i]`: the larger of its elongation and its distance to
+    that shape's prototype, each over the judge's threshold. At most 1 exactly where the judge names that
+    shape (the prototypes are over two thresholds apart); inf for a blank clip. A progress measure for
+    models whose blobs the judge names nothing. # (N, T, H, W, 3) uint8 -> (N,)"""
     clips = _as_batch(clips)
     if len(shapes) != len(clips):
         raise ValueError(f"{len(clips)} clips but {len(shapes)} shapes")
     bad = sorted({s for s in shapes if s not in _PROTOTYPES})
     if bad:
         raise ValueError(f"unknown shape(s) {bad}; shapes: {', '.join(_PROTOTYPES)}")
-    found, m2, dist = _shape_moments(_measure(clips, config))
-    col = [list(_PROTOTYPES).index(s) for s in shapes]
-    gap = np.maximum(m2 / config.max_elongation, dist[np.arange(len(col)), col] / config.max_shape_dist)
-    return np.where(found, gap, np.inf)
+    col = np.asarray([list(_PROTOTYPES).index(s) for s in shapes], np.int64)
+    out = np.empty(len(clips))
+    for k in range(0, len(clips), batch):  # memory stays at `batch` clips, as in judge_many
+        found, m2, dist = _shape_moments(_measure(clips[k:k + batch], config))
+        c = col[k:k + batch]
+        gap = np.maximum(m2 / config.max_elongation, dist[np.arange(len(c)), c] / config.max_shape_dist)
+        out[k:k + batch] = np.where(found, gap, np.inf)
+    return out
 
 
 def _motions(m: dict[str, np.ndarray], shapes: list[str | None], h: int, w: int, cfg: JudgeConfig) -> list[str | None]:

@@ -262,6 +262,8 @@ def test_shape_gap_is_at_most_one_exactly_where_the_judge_names_that_shape(real:
         assert ((gaps <= 1.0) == np.array([n == shape for n in names])).all(), (shape, gaps, names)
     assert shape_gaps(extra[1:], ["square"])[0] < shape_gaps(extra[:1], ["square"])[0]  # a blob is nearer than a bar
     assert shape_gaps(blank[None], ["circle"])[0] == math.inf
+    np.testing.assert_array_equal(shape_gaps(every, ["circle"] * len(every), batch=3),
+                                  shape_gaps(every, ["circle"] * len(every)))  # batching changes nothing
     with pytest.raises(ValueError, match="unknown shape.*hexagon.*circle, square, triangle"):
         shape_gaps(clips[:1], ["hexagon"])
     with pytest.raises(ValueError, match="2 clips but 1 shapes"):
