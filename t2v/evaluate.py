@@ -158,9 +158,8 @@ def evaluate(generate: GenerateFn, prompts: PromptSet, clf: featnet.Classifier, 
              cfg: EvalConfig = EvalConfig(), on_phase: Callable[[str], None] | None = None) -> Evaluation:
     """Generate every prompt's samples with cfg.seed and compute all metrics, seen vs held-out.
 
-    Metric keys: judge_{seen,heldout,all}_{color,shape,motion,all3}; judge_{seen,heldout}_shape_gap (the
-    median clip's `judge.shape_gaps`: at most 1 once over half the clips are named their prompt's shape; inf,
-    which MLflow is not sent, when at least half are blank); featnet_{seen,heldout}_{color,shape,
+    Metric keys: judge_{seen,heldout,all}_{color,shape,shape_gap,motion,all3} (`judge.score`'s; an inf shape
+    gap is not sent to MLflow); featnet_{seen,heldout}_{color,shape,
     motion,all3}; fd_{g}, fd_floor_{g} (real vs real) and fd_n_{g} (the sample count both are taken at);
     spread_{g} and spread_real_{g} (mean per-prompt start spread, fraction of the side); nn_generated,
     nn_real, nn_ratio, copy_rate (memorisation, when a bank is given); n_prompts_{g}, samples.
@@ -182,16 +181,13 @@ def evaluate(generate: GenerateFn, prompts: PromptSet, clf: featnet.Classifier, 
     phase("pixel judge")
     scored = judge.score(clips, texts, held_out=held)
     for g in (*GROUPS, "all"):
-        for k in ("color", "shape", "motion", "all3"):
+        for k in ("color", "shape", "shape_gap", "motion", "all3"):
             m[f"judge_{g}_{k}"] = scored[f"{g}_{k}"]
-    parsed = [vocab.parse_prompt(t) for t in texts]
-    gaps = judge.shape_gaps(clips, [p.shape for p in parsed])
-    for g, sel in (("seen", ~held_arr), ("heldout", held_arr)):
-        m[f"judge_{g}_shape_gap"] = float(np.median(gaps[sel])) if sel.any() else math.nan
 
     phase("featnet")
     feats, preds = clf.features_and_predictions(clips)
     f_real, f_real2 = clf.features(real), clf.features(real2)
+    parsed = [vocab.parse_prompt(t) for t in texts]
     phase("diversity")
     spreads = diversity.spread_by_prompt(clips, texts)
     spreads_real = diversity.spread_by_prompt(real, texts)

@@ -86,6 +86,17 @@ class Track:
             raise ValueError(f"orientation is defined for square and triangle, not {shape!r}")
         return self.angle4 if shape == "square" else self.angle3
 
+    def shape_gap(self, shape: str, config: JudgeConfig = JudgeConfig()) -> float:
+        """How far this clip is from being named `shape`: the larger of its elongation and its distance to
+        that shape's prototype, each over the judge's threshold. At most 1 exactly where the judge names
+        that shape (the prototypes are over two thresholds apart); inf for a blank clip. A progress
+        measure for models whose blobs the judge names nothing."""
+        if shape not in _PROTOTYPES:
+            raise ValueError(f"unknown shape(s) {[shape]}; shapes: {', '.join(_PROTOTYPES)}")
+        found, m2, dist = _shape_moments({k: getattr(self, k)[None] for k in ("area", "m2", "m3", "m4")})
+        gap = max(m2[0] / config.max_elongation, dist[0, list(_PROTOTYPES).index(shape)] / config.max_shape_dist)
+        return float(gap) if found[0] else math.inf
+
     def radius(self, shape: str) -> np.ndarray:
         """Circumradius implied by the area if the shape is `shape`. # (T,) px"""
         if shape not in _AREA_PER_R2:
@@ -286,26 +297,15 @@ def _shapes(m: dict[str, np.ndarray], cfg: JudgeConfig) -> list[str | None]:
     return [names[b] if o else None for b, o in zip(best, ok)]
 
 
-def shape_gaps(clips: np.ndarray, shapes: Sequence[str], config: JudgeConfig = JudgeConfig(),
-               batch: int = 256) -> np.ndarray:
-    """How far each clip is from being named `shapes[i]`: the larger of its elongation and its distance to
-    that shape's prototype, each over the judge's threshold. At most 1 exactly where the judge names that
-    shape (the prototypes are over two thresholds apart); inf for a blank clip. A progress measure for
-    models whose blobs the judge names nothing. # (N, T, H, W, 3) uint8 -> (N,)"""
-    clips = _as_batch(clips)
+def shape_gaps(clips: Sequence[np.ndarray] | np.ndarray, shapes: Sequence[str],
+               config: JudgeConfig = JudgeConfig(), batch: int = 256) -> np.ndarray:
+    """`Track.shape_gap` of each clip against `shapes[i]`, judged `batch` clips at a time. # -> (N,)"""
     if len(shapes) != len(clips):
         raise ValueError(f"{len(clips)} clips but {len(shapes)} shapes")
     bad = sorted({s for s in shapes if s not in _PROTOTYPES})
     if bad:
         raise ValueError(f"unknown shape(s) {bad}; shapes: {', '.join(_PROTOTYPES)}")
-    col = np.asarray([list(_PROTOTYPES).index(s) for s in shapes], np.int64)
-    out = np.empty(len(clips))
-    for k in range(0, len(clips), batch):  # memory stays at `batch` clips, as in judge_many
-        found, m2, dist = _shape_moments(_measure(clips[k:k + batch], config))
-        c = col[k:k + batch]
-        gap = np.maximum(m2 / config.max_elongation, dist[np.arange(len(c)), c] / config.max_shape_dist)
-        out[k:k + batch] = np.where(found, gap, np.inf)
-    return out
+    return np.asarray([j.track.shape_gap(s, config) for j, s in zip(judge_many(clips, config, batch), shapes)])
 
 
 def _motions(m: dict[str, np.ndarray], shapes: list[str | None], h: int, w: int, cfg: JudgeConfig) -> list[str | None]:
@@ -433,8 +433,9 @@ def score(clips: Sequence[np.ndarray] | np.ndarray, prompts: Sequence[str],
           config: JudgeConfig = JudgeConfig()) -> dict[str, float]:
     """Accuracy of clips against their prompts, for seen and held-out prompts separately, plus trajectory error.
 
-    Keys: `{seen,heldout,all}_{n,color,shape,motion,all3}` (accuracies in [0, 1], nan for an empty group)
-    and, where ground truth is given, `traj_n`, `traj_center_px` (mean centre distance over frames),
+    Keys: `{seen,heldout,all}_{n,color,shape,motion,all3}` (accuracies in [0, 1], nan for an empty group),
+    `{seen,heldout,all}_shape_gap` (the median clip's `Track.shape_gap` against its prompt's shape: at most 1
+    once over half the clips are named it, inf when at least half are blank) and, where ground truth is given, `traj_n`, `traj_center_px` (mean centre distance over frames),
     `traj_radius_px` (mean |circumradius error|, the radius read from the area as the prompt's shape) and
     `traj_angle_deg` (mean |orientation error| of squares and triangles, modulo their symmetry) and
     `traj_missing` (fraction of frames with no shape found). A prompt without a colour counts any
@@ -458,12 +459,14 @@ def score(clips: Sequence[np.ndarray] | np.ndarray, prompts: Sequence[str],
     shape_ok = np.array([j.shape == p.shape for j, p in zip(judged, parsed)])
     motion_ok = np.array([j.motion == p.motion for j, p in zip(judged, parsed)])
     all_ok = color_ok & shape_ok & motion_ok
+    gaps = np.array([j.track.shape_gap(p.shape, config) for j, p in zip(judged, parsed)])
     res: dict[str, float] = {}
     for group, sel in (("seen", ~held), ("heldout", held), ("all", np.ones_like(held))):
         cnt = int(sel.sum())
         res[f"{group}_n"] = float(cnt)
         for name, ok in (("color", color_ok), ("shape", shape_ok), ("motion", motion_ok), ("all3", all_ok)):
             res[f"{group}_{name}"] = float(ok[sel].mean()) if cnt else math.nan
+        res[f"{group}_shape_gap"] = float(np.median(gaps[sel])) if cnt else math.nan
 
     if trajectories is not None:
         centre, radius, angle, missing, frames, used, poly_frames = 0.0, 0.0, 0.0, 0, 0, 0, 0

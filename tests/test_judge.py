@@ -249,9 +249,8 @@ def test_shape_gap_is_at_most_one_exactly_where_the_judge_names_that_shape(real:
     bar = blank.copy()
     bar[:, 8:12, 4:30] = vocab.COLORS["red"]
     smear = clips[[j.shape for j in judged].index("square")].copy()
-    smear[:, :, 1:] = np.minimum(smear[:, :, 1:], smear[:, :, :-1])  # ink dragged one pixel right, 3 times
-    smear[:, :, 1:] = np.minimum(smear[:, :, 1:], smear[:, :, :-1])
-    smear[:, :, 1:] = np.minimum(smear[:, :, 1:], smear[:, :, :-1])
+    for _ in range(3):  # ink dragged one pixel right, 3 times
+        smear[:, :, 1:] = np.minimum(smear[:, :, 1:], smear[:, :, :-1])
     extra = np.stack([bar, smear])
     names = [j.shape for j in judged] + [judge(c).shape for c in extra]
     assert names[-2:] == [None, None]
