@@ -19,6 +19,7 @@ Usage: python bench/quality.py --data DS [--seeds 0 1 2] [--runs DIR] [--profile
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -101,7 +102,7 @@ def main() -> None:
     from t2v import config, featnet
     from t2v import evaluate as ev
     from t2v import train as tr
-    from t2v.sampler import load_generator
+    from t2v.sampler import Sampler, load_generator
 
     if a.data is None:
         ap.error("--data is required")
@@ -132,12 +133,18 @@ def main() -> None:
         e = ev.evaluate(sampler.generate, pset, clf, None, cfg_eval)
         t_eval = time.perf_counter() - t0
         m = e.metrics
+        plain = {}
+        if sampler.spec.symmetric:  # the generator network alone, for the record: what the sampler's symmetries add
+            bare = Sampler(dataclasses.replace(sampler.spec, symmetric=False), sampler.generator, sampler.text_encoder)
+            pm = ev.evaluate(bare.generate, pset, clf, None, cfg_eval).metrics
+            plain = {f"{k}_unmirrored": pm[k] for k in ("judge_heldout_all3", "fd_heldout", "spread_heldout")}
         report["seeds"][seed] = {
             "train_s": round(t_train, 1), "eval_s": round(t_eval, 1), "steps": result.step,
             "selected_step": result.selected_step,
             **{k: m[k] for k in ("judge_heldout_all3", "judge_seen_all3", "judge_heldout_motion", "judge_seen_motion",
                                  "fd_heldout", "fd_floor_heldout", "fd_seen", "fd_floor_seen",
                                  "spread_heldout", "spread_real_heldout", "spread_seen", "spread_real_seen")},
+            **plain,
             "motions": per_motion(e.clips, e.prompts, e.held_out),
             "spread_by_motion": spread_by_motion(sampler.generate, tuple(vocabulary), frames, size,
                                                  a.spread_samples),
@@ -152,6 +159,13 @@ def main() -> None:
         write_readme(a.readme, report)
 
 
+def unmirrored(r: dict) -> str:
+    """The table cell for a seed's generator network alone (only where its sampler applies canvas symmetries)."""
+    if "fd_heldout_unmirrored" not in r:
+        return "-"
+    return f"{r['fd_heldout_unmirrored']:.1f} / {r['spread_heldout_unmirrored']:.3f}"
+
+
 def write_readme(path: Path, report: dict) -> None:
     seeds = report["seeds"]
     cmd = (f"python bench/quality.py --data DS --seeds {' '.join(map(str, seeds))}"
@@ -161,11 +175,12 @@ def write_readme(path: Path, report: dict) -> None:
              "noise seeds; pixel judge; Fréchet distance in the shipped reference featnet; DS is the demo's "
              "dataset, `t2v data --out DS --clips-per-combo 40`).", "",
              "| training seed | held-out all-three | seen all-three | FD held-out (floor) | FD seen (floor) "
-             "| start spread held-out (real) | selected step | train s |", "|---|---|---|---|---|---|---|---|"]
+             "| start spread held-out (real) | FD / spread held-out, no canvas symmetries | selected step | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s, r in seeds.items():
         lines.append(f"| {s} | {r['judge_heldout_all3']:.1%} | {r['judge_seen_all3']:.1%} | {r['fd_heldout']:.1f} "
                      f"({r['fd_floor_heldout']:.1f}) | {r['fd_seen']:.1f} ({r['fd_floor_seen']:.1f}) | "
-                     f"{r['spread_heldout']:.3f} ({r['spread_real_heldout']:.3f}) | {r['selected_step']} | "
+                     f"{r['spread_heldout']:.3f} ({r['spread_real_heldout']:.3f}) | {unmirrored(r)} | {r['selected_step']} | "
                      f"{r['train_s']:.0f} |")
     motions = list(next(iter(seeds.values()))["motions"])
     lines += ["", "Motion accuracy per motion phrase (held-out / seen prompts), per training seed:", "",

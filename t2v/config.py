@@ -70,6 +70,9 @@ class TrainConfig:
     anchor: float = 0.0  # video (whose family default is 0.3): start-anchor spread at init, pre-bound units; 0 = none
     shift: float = 0.0  # video (whose family default is 0.3): per-clip shift of the clip's time along a padded
     # timeline at init, x 8 frames (where in its cycle a clip starts: a bounce's turn, an orbit's phase); 0 = none
+    sample_symmetry: bool = False  # video (whose family default is true): the shipped sampler draws each clip as one
+    # of its prompt's canvas symmetries (a mirror or quarter turn that maps the motion to itself, as the renderer's
+    # clips are distributed): the real start spread and a lower FD, nothing retrained (README, design note)
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
@@ -237,7 +240,7 @@ def generator_spec(cfg: TrainConfig, frames: int, size: int) -> models.Generator
     """The spec a training of `cfg` on clips of (frames, size) builds and exports its generator from."""
     return models.GeneratorSpec(cfg.model, frames, size, cfg.z_dim, cfg.text_dim,
                                 text_encoder=models.text_encoder(cfg.model, cfg.text_encoder), anchor=cfg.anchor,
-                                shift=cfg.shift)
+                                shift=cfg.shift, symmetric=cfg.sample_symmetry)
 
 
 def config_key(cfg: TrainConfig) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from t2v import text, vocab
+from t2v import featnet, text, vocab
 from t2v.models import GeneratorSpec, build_generator
 from t2v.io import atomic_dir, atomic_write_bytes
 
@@ -46,6 +46,33 @@ def noise_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + index) % 2**63
 
 
+CANVAS = range(8)  # featnet's symmetry bits 0-2 (transpose, mirror left-right, mirror top-bottom): the square
+# canvas's mirrors and quarter turns. Not bit 3 (playing backwards): a bounce's turn falls at other times reversed.
+
+
+def motion_symmetries() -> dict[str, tuple[int, ...]]:
+    """For each motion, the canvas symmetries that map it to itself: a mirror turns a zigzag's travel round,
+    a quarter turn moves an orbit's start a quarter of the way round, and the renderer draws those
+    directions and starts evenly, so the image of a real clip is as likely as the clip. (Built-in motions;
+    a plugin's phrase says nothing of its symmetries, so it gets only the identity.)"""
+    labels = featnet.Labels.current()
+    table = featnet.symmetry_table(labels)
+    return {m: tuple(g for g in CANVAS if table[g, i] == i) for i, m in enumerate(labels.motion)}
+
+
+def symmetric_images(clips: np.ndarray, prompts: list[str], seed: int) -> np.ndarray:
+    """Each clip under one of its prompt's motion symmetries, drawn from (seed, i) as its noise is, so a
+    prompt's samples start as widely as real clips do even where the generator draws one path.
+    # (N, T, H, W, 3) -> same"""
+    sym = motion_symmetries()
+    out = np.empty_like(clips)
+    for i, p in enumerate(prompts):
+        gs = sym[vocab.parse_prompt(p).motion]
+        g = gs[int(np.random.default_rng(noise_seed(seed, i)).integers(len(gs)))]
+        out[i] = featnet.apply_symmetry(clips[i], g)
+    return out
+
+
 class Sampler:
     """A loaded generator: prompts in, uint8 clips out, deterministic per seed."""
 
@@ -70,7 +97,7 @@ class Sampler:
 
         Unknown words raise VocabularyError (naming the word) before anything is generated. Clip i's
         noise comes from a CPU generator seeded by (seed, i), so it does not depend on the device,
-        on `batch_size` or on the other prompts."""
+        on `batch_size` or on the other prompts; so does its canvas symmetry, where the spec asks for one."""
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = text.encode(list(prompts))  # validates every prompt first
@@ -86,7 +113,7 @@ class Sampler:
             clip = self.generator(noise[i:i + batch_size].to(self.device), t).float()  # (B, 3, T, H, W)
             u8 = ((clip.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             out[i:i + batch_size] = u8.permute(0, 2, 3, 4, 1).cpu().numpy()
-        return out
+        return symmetric_images(out, list(prompts), seed) if self.spec.symmetric else out
 
 
 def _load_state(path: Path, device: str | torch.device) -> dict[str, Any]:

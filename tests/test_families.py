@@ -91,6 +91,17 @@ def test_conv3d_is_the_published_architecture_plus_spatial_blocks() -> None:
     assert any(hasattr(l, "parametrizations") for l in stab.features)  # spectral norm
     assert (d.projection, stab.projection) == (False, True)  # text concatenated as published, projected stabilised
     assert isinstance(stab.head, pixel.TextProjection) and not hasattr(stab, "embed") and not hasattr(d, "head")
+    torch.manual_seed(0)  # DCGAN's initialisation, as published: N(0, 0.02) convolutions, N(1, 0.02) BatchNorm scales
+    spec = config.generator_spec(cfg, 16, 64)
+    pub = conv3d.build(cfg, spec, torch.device("cpu"))
+    for net in (pub.generator, pub.discriminator):
+        convs = [l.weight for l in net.modules() if isinstance(l, (nn.Conv3d, nn.ConvTranspose3d, nn.ConvTranspose2d))]
+        assert all(0.015 < float(w.std()) < 0.025 and abs(float(w.mean())) < 0.005 for w in convs)
+        bns = [l for l in net.modules() if isinstance(l, nn.BatchNorm3d)]
+        assert bns and all(abs(float(b.weight.mean()) - 1) < 0.02 and 0.01 < float(b.weight.std()) < 0.03  # (default: 1s)
+                           and not b.bias.any() for b in bns)
+    stab_d = conv3d.build(config_for("cpu-demo", model="conv3d", stabilize=True), spec, torch.device("cpu")).discriminator
+    assert float(stab_d.features[0].parametrizations.weight.original.std()) > 0.03  # PyTorch's own, as rnn's critics
     clip, ids = torch.rand(2, 3, 16, 64, 64) * 2 - 1, text.encode(["red circle moving up", "blue square moving up"])
     with torch.no_grad():
         stab.eval()  # no power iteration between the two calls

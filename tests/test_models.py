@@ -385,6 +385,54 @@ def test_sampler_round_trip(tmp_path, model: str) -> None:
         sampler.generate(["red circle dancing"])
 
 
+def test_symmetric_sampling_draws_each_clip_as_a_symmetry_that_keeps_its_prompt(tmp_path) -> None:
+    """A clip's canvas symmetry is one that maps its motion to itself (the judge still names that motion),
+    drawn from (seed, i): one path copied many times comes out starting in several places; the export
+    records the switch, video turns it on by default, an export from before the option samples as it did."""
+    from t2v import diversity, featnet, judge
+    from t2v.config import config_for, generator_spec
+    from t2v.evaluate import render_reference
+    from t2v.sampler import motion_symmetries, symmetric_images
+
+    sym = motion_symmetries()
+    assert set(sym) == set(vocab.motion_names()) and all(g[0] == 0 and max(g) < 8 for g in sym.values())
+    assert sym["moving up"] == (0, 2) and sym["rotating clockwise"] == (0, 3, 5, 6)  # a mirror would turn it round
+    assert len(sym["shrinking"]) == 8
+    prompts = ["red circle rotating counter-clockwise", "blue square zigzagging horizontally", "green triangle moving up",
+               "yellow square spinning clockwise"]
+    real, _ = render_reference(prompts, 16, 64, seed=5)
+    n = 24
+    copies = np.repeat(real, n, axis=0)  # a generator that draws one clip per prompt
+    texts = [p for p in prompts for _ in range(n)]
+    out = symmetric_images(copies, texts, seed=2)
+    assert np.array_equal(out, symmetric_images(copies, texts, seed=2))
+    assert not np.array_equal(out, symmetric_images(copies, texts, seed=3))
+    for k, p in enumerate(prompts):
+        motion = vocab.parse_prompt(p).motion
+        used = set()
+        for i in range(k * n, (k + 1) * n):
+            used |= {g for g in sym[motion] if np.array_equal(out[i], featnet.apply_symmetry(copies[i], g))}
+        assert used == set(sym[motion])  # every symmetry of the prompt, and nothing else
+        assert {j.motion for j in judge.judge_many(out[k * n:(k + 1) * n])} == {motion}
+        assert diversity.start_spread(copies[k * n:(k + 1) * n]) == 0.0
+        assert diversity.start_spread(out[k * n:(k + 1) * n]) > 0.05
+
+    cfg = config_for("cpu-demo")
+    assert cfg.sample_symmetry and generator_spec(cfg, T, S).symmetric  # video's family default
+    assert not config_for("cpu-demo", model="baseline").sample_symmetry  # the tutorial samples as it did
+    spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16, anchor=0.3)
+    g, te = build_generator(spec)
+    plain = load_generator(export_generator(g, te, spec, tmp_path / "plain"))
+    on = GeneratorSpec("video", T, S, z_dim=8, text_dim=16, anchor=0.3, symmetric=True)
+    symmetric = load_generator(export_generator(g, te, on, tmp_path / "symmetric"))
+    assert symmetric.spec.symmetric and not plain.spec.symmetric
+    texts = ["red circle rotating clockwise"] * 6 + ["purple square moving up-right"] * 6
+    assert np.array_equal(symmetric.generate(texts, seed=1), symmetric_images(plain.generate(texts, seed=1), texts, 1))
+    old = on.to_dict()
+    del old["symmetric"]  # a config.json written before the option
+    assert not GeneratorSpec.from_dict(old).symmetric
+
+
 def test_export_replaces_previous_export_whole(tmp_path) -> None:
     spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16)
     g1, te1 = build_generator(spec)

@@ -9,9 +9,10 @@ generator -- [noise z ; text code] as a 1x1x1 volume                            
 discriminator -- Conv3d(k=4, s=2) + LeakyReLU(0.2) (+ BatchNorm3d after the first) down to 4x4 frames,
   then the text embedding replicated over the volume and concatenated (Reed et al.'s conditional D),
   a 1x1x1 conv and a final conv to one logit per clip.
-Adam 2e-4, betas (0.5, 0.999), BCE, no EMA-specific tricks: `--set stabilize=true` swaps in this
-project's critic recipe: hinge, spectral norm (instead of BatchNorm in D), R1, and the text joined by
-projection (Miyato & Koyama, as in every other critic here) instead of by concatenation. With the
+Adam 2e-4, betas (0.5, 0.999), BCE, DCGAN's N(0, 0.02) initialisation, no EMA-specific tricks:
+`--set stabilize=true` swaps in this project's critic recipe: hinge, spectral norm (instead of BatchNorm
+in D), R1, and the text joined by projection (Miyato & Koyama, as in every other critic here) instead of
+by concatenation, on PyTorch's default initialisation, as the other pixel families train. With the
 concatenation, the stabilised D let G collapse to one clip for every prompt (README, "Model families").
 """
 
@@ -26,8 +27,8 @@ from t2v.models import GeneratorSpec
 from t2v.models.common import Models, build_models, spec_code_width, spec_text_encoder
 from t2v.models import pixel
 
-G_WIDTH = 8  # channels of the last hidden block (8x this in the first): the published 512-64 ladder is /4,
-# which a 2-core CPU trains at ~2 steps/s at 16 x 64 x 64
+G_WIDTH = 8  # channels of the last hidden block (8x this in the first): 64-32-16-8 at 64 px, 1/8 of the published
+# 512-256-128-64 ladder; 1/4 (16, the critic's fraction) ran ~3x slower on a 2-core CPU and collapsed all the same
 
 
 def ladder(frames: int, size: int) -> tuple[int, int, int]:
@@ -124,9 +125,22 @@ def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
     return (Conv3dGenerator(spec.frames, spec.size, spec.z_dim, spec_code_width(spec)), spec_text_encoder(spec))
 
 
+def dcgan_init(m: nn.Module) -> None:
+    """The published initialisation (DCGAN, kept by the 3D-conv video GANs): convolutions N(0, 0.02),
+    BatchNorm scales N(1, 0.02) and shifts 0."""
+    if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm3d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
 def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models:
     g, te = build_generator(spec)
     d = Conv3dDiscriminator(spec.frames, spec.size, spec.n_vocab, cfg.width, cfg.stabilize)
+    if not cfg.stabilize:
+        g.apply(dcgan_init)
+        d.apply(dcgan_init)
     return build_models(cfg, spec, device, g, te, d)
 
 
