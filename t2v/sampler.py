@@ -2,7 +2,8 @@
 
 An export directory holds `generator.pt` and `text_encoder.pt` (torch.save of state_dicts: plain
 tensors only, loaded with `weights_only=True`) and `config.json` (model kind, frames, size, latent
-and text widths, the token vocabulary it was trained with). Nothing else is needed to sample.
+and text widths, the token vocabulary it was trained with, whether to draw each clip as one of its
+prompt's canvas symmetries). Nothing else is needed to sample.
 """
 
 from __future__ import annotations
