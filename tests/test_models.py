@@ -12,8 +12,9 @@ import torch.nn as nn
 from t2v import models, text, vocab
 from t2v.models import GeneratorSpec, build_generator, count_parameters
 from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
-from t2v.models.video import (ANGLES, HARMONICS, TRACK_PER_FRAME, TRACK_PER_STEP, LayeredGenerator, PairDiscriminator,
-                              VideoDiscriminators, concavity, crop_real, fourier_basis, ink_moments,
+from t2v.models.video import (ANGLES, HARMONICS, POSE_RANGE, RADIUS, SCALE_RANGE, TRACK_PER_FRAME, TRACK_PER_STEP,
+                              LayeredGenerator, PairDiscriminator, VideoDiscriminators, concavity, crop_real,
+                              fourier_basis, ink_moments,
                               StartStats, same_motion_partner, spread_gap, track_features)
 from t2v.sampler import export_generator, load_generator
 
@@ -96,10 +97,11 @@ def test_layered_generator_shapes_and_crops() -> None:
     real_crops, real_origin = crop_real(full, frames, layers.cx, layers.cy, S // 2)
     assert torch.equal(origin, real_origin)
     assert torch.allclose(crops, real_crops, atol=1e-5)
-    c, v, concave = g.views(g.sample_noise(B), te(text.encode(PROMPTS)), frames, S // 2, S // 2)
+    c, v, concave, excess = g.views(g.sample_noise(B), te(text.encode(PROMPTS)), frames, S // 2, S // 2)
     assert c.shape == crops.shape
     assert v.shape == half.shape
-    assert concave.shape == ()
+    assert concave.shape == excess.shape == ()
+    assert excess == 0  # a fresh generator is well inside its bounds
     assert g(g.sample_noise(B), te(text.encode(PROMPTS))).shape == (B, 3, T, S, S)
 
 
@@ -130,6 +132,31 @@ def test_start_anchor_places_each_noise_elsewhere_and_round_trips(tmp_path) -> N
         from t2v.config import config_for
 
         config_for("cpu-demo", anchor=-0.1)
+
+
+def test_bound_penalty_pulls_a_parked_sprite_back_and_is_exactly_zero_inside() -> None:
+    """A pose far past the soft bounds (the corner, the smallest size: where tanh passes no gradient and one
+    run stalled) costs its squared overshoot, whose gradient points back inside; within KNEE the penalty and
+    its gradient are exactly 0."""
+    te = text.TextEncoder(text.vocab_size(), text.token_roles(), dim=16)
+    codes = te(text.encode(["red circle moving up"] * 4)).detach()
+    torch.manual_seed(0)
+    g = LayeredGenerator(T, S, z_dim=8, text_dim=16, anchor=0.3)
+    z = g.sample_noise(4, torch.Generator().manual_seed(1))
+    inside = g.layers(z, codes).excess
+    inside.backward()
+    assert inside.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in g.parameters())
+    with torch.no_grad():  # every frame's centre far right and up, its log-scale far below the range
+        g.direct.bias.view(T, 4)[:, :3] = torch.tensor([6.0, -6.0, -8.0])
+    g.zero_grad()
+    out = g.layers(z, codes)
+    assert out.cx.min() > 0.99 * POSE_RANGE and out.scale.max() < 1.01 * RADIUS * math.exp(-SCALE_RANGE)
+    assert out.excess > 1.0
+    out.excess.backward()
+    grad = g.direct.bias.grad.view(T, 4)
+    assert bool((grad[:, 0] > 0).all() and (grad[:, 1] < 0).all() and (grad[:, 2] < 0).all())  # descent: back inside
+    assert bool((grad[:, 3] == 0).all())  # the angle has no bound
 
 
 def test_time_shift_reads_the_same_path_later_or_earlier_and_round_trips(tmp_path) -> None:

@@ -67,6 +67,12 @@ POSE_RANGE = 0.85  # centres stay within this fraction of the canvas half-side
 SCALE_RANGE = 0.9  # scale within e^-0.9..e^0.9 of RADIUS: 3.4-20 px radius at 64 px (data: 3.6-12.8 px)
 CONTOUR_RANGE = 0.8  # contour radius within e^-0.8..e^0.8 of the scale: a triangle needs corners 2x its apothem, no more
 SHIFT_PAD = 8  # frames of timeline before and after a clip that a time shift can read (half a 16-frame clip)
+# The soft bounds pass almost no gradient far out: a run that sent a fifth of its frames there (centre tanh
+# arguments up to 11, log-scale ones up to 10: the sprite parked in a corner at its smallest) learnt nothing
+# more. Past KNEE (tanh' = 0.027; healthy runs' EMA weights stay within 1.7, their raw G overshoots in its
+# first steps too) a penalty pulls the argument back (README).
+KNEE = 2.5
+BOUND_WEIGHT = 1.0  # on the mean squared overshoot past KNEE; exactly 0, so no gradient at all, inside it
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Layers:
     cy: torch.Tensor  # (B, T)
     scale: torch.Tensor  # (B, T) radius of the unit contour, canvas units
     angle: torch.Tensor  # (B, T) radians, clockwise on screen
+    excess: torch.Tensor  # () mean squared overshoot of the bounds' tanh arguments (centre, log-scale) past KNEE
 
 
 def fourier_basis(harmonics: tuple[int, ...], angles: int, lanczos: bool = False) -> torch.Tensor:
@@ -214,8 +221,10 @@ class LayeredGenerator(nn.Module):
             u = torch.erf(z[:, :2].float() / math.sqrt(2.0))  # (B, 2) uniform in (-1, 1)
             offset = F.softplus(self.anchor(c_mot)) * u  # (B, 2) pre-bound units
             pose = torch.cat([pose[..., :2] + offset.unsqueeze(1), pose[..., 2:]], -1)
+        args = torch.stack([pose[..., 0], pose[..., 1], pose[..., 2] / SCALE_RANGE], -1)  # (B, T, 3) the tanh arguments
         return Layers(fill, contour, outline, POSE_RANGE * torch.tanh(pose[..., 0]), POSE_RANGE * torch.tanh(pose[..., 1]),
-                      RADIUS * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi)
+                      RADIUS * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi,
+                      F.relu(args.abs() - KNEE).pow(2).mean())
 
     def shifted_pose(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The pose read at frames t + delta of the padded timeline, linearly between its rows: at delta = 0
@@ -253,12 +262,13 @@ class LayeredGenerator(nn.Module):
         return composite(layers, frames, gx, gy, self.size), torch.stack([x0, y0], -1)
 
     def views(self, z: torch.Tensor, codes: torch.Tensor, frames: torch.Tensor, crop: int, res: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the critics see of a fake clip, rendered directly: full-resolution windows around the
-        shape in frames (B, K), the whole clip at res x res, and the sprite's concavity (a prior).
-        # (B, 3, K, c, c), (B, 3, T, res, res), ()"""
+        shape in frames (B, K), the whole clip at res x res; and two priors: the sprite's concavity and
+        how far its pose overshoots the soft bounds. # (B, 3, K, c, c), (B, 3, T, res, res), (), ()"""
         layers = self.layers(z, codes)
-        return self.crops(layers, frames, crop)[0], self.render(layers, res), concavity(layers.outline)
+        return (self.crops(layers, frames, crop)[0], self.render(layers, res), concavity(layers.outline),
+                layers.excess)
 
     def track(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The sprite's centre in every frame, without rendering (what the pair critic sees). # (B, T, 2)"""
@@ -640,7 +650,7 @@ class VideoStep:
         with self.autocast():
             with record_function("D: render fakes"):
                 codes = self.TE(ids)  # (B, 3, D)
-                fake_crops, fake_clip, concave = self.views(z, codes, fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
+                fake_crops, fake_clip, concave, excess = self.views(z, codes, fidx, D.crop, D.res)  # (B, 3, K, c, c), (B, 3, T, r, r)
             with record_function("D: critics and losses"):
                 h_r = self.D(real_crops, real_clip)
                 h_f = self.D(fake_crops.detach(), fake_clip.detach())
@@ -686,7 +696,7 @@ class VideoStep:
                 logits = D.logits(h)
                 targets = self.aux_targets(lab, K, true_color=False)
                 aux_g = sum(ce(logits[k], targets[k]) for k in logits)
-                loss_g = adv_g + cfg.aux_weight * aux_g + cfg.convex_weight * concave
+                loss_g = adv_g + cfg.aux_weight * aux_g + cfg.convex_weight * concave + BOUND_WEIGHT * excess
                 pair_g = torch.zeros((), device=dev)
                 if cfg.pair_weight > 0:  # two noises, one prompt: the pair critic judges them side by side
                     pair_g = -D.pair(m.generator.track(z, codes), m.generator.track(z2, codes), lab["motion"]).float().mean()
@@ -712,7 +722,7 @@ class VideoStep:
             acc.update({f"acc_real_{k}": (logits_r[k].argmax(1) == real_t[k]).float().mean()
                         for k in ("video_motion", "track_motion", "frame_shape")})
         out = {"loss_d": loss_d, "loss_g": loss_g, "adv_d": adv_d, "adv_g": adv_g, "aux_d": aux_d, "aux_g": aux_g,
-               "r1": r1, "concavity": concave, "pair_d": pair_d, "pair_g": pair_g, "spread_g": spread_g, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
+               "r1": r1, "concavity": concave, "bound_excess": excess, "pair_d": pair_d, "pair_g": pair_g, "spread_g": spread_g, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
                **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}, **acc}
         return {k: v.detach().float() for k, v in out.items()}  # tensors: no device sync until they are logged
 
