@@ -9,8 +9,10 @@ README's design note.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import typing
@@ -24,7 +26,8 @@ from t2v.io import source_hash
 CKPT_NAME = "last.pt"  # under <run dir>/checkpoints/, with its metadata beside it as last.json
 RUN_RECORD = "mlflow_run.json"  # under the run dir: the MLflow run a training continues
 MODEL_CODE = ("t2v.models", "t2v.models.common", "t2v.train", "t2v.checkpoint", "t2v.text", "t2v.sampler",
-              "t2v.loader", "t2v.distributed")  # with the family's own module: what decides the weights
+              "t2v.loader", "t2v.distributed")  # with the family's own module and what they import: what decides the weights
+NOT_WEIGHTS = frozenset({"t2v.io"})  # imported by the training code, but it decides how files land (atomic writes, hashes), not what they hold
 DEFAULT_EXPERIMENT = "t2v"  # the MLflow experiment a training logs to unless told
 SET_BY_PARAMETER = {"model": "--model", "profile": "--profile",  # TrainConfig fields with their own flow/CLI parameter
                     "world_size": "--nproc-per-node and --nnodes"}
@@ -248,12 +251,43 @@ def config_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_code_version(model: str) -> str:
-    """Hash of the family's module (and the modules it names as its code) and the shared model, loop,
-    checkpoint, text, sampler and loader sources: part of the training cache key (editing one family
-    retrains only that family)."""
+def _t2v_imports(name: str) -> list[str]:
+    """The t2v modules a module's source imports, read from the file (nothing is imported)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(f"no source for module {name!r}")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(Path(spec.origin).read_bytes())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "t2v":  # from t2v import judge, vocab
+                found |= {f"t2v.{a.name}" for a in node.names}
+            elif node.module.startswith("t2v."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("t2v.")}
+    return sorted(found)
+
+
+def training_modules(model: str) -> tuple[str, ...]:
+    """Every module whose source decides a training's weights, in a fixed order: the shared loop, model,
+    checkpoint, text, sampler and loader code, the family's module (and those it names as its code), and
+    every t2v module they import, transitively: the judge that picks the shipped step, the sampler's
+    symmetry table in `featnet`, the vocabulary, the shard reading. No family imports another, so
+    editing one family retrains only that family."""
     fam = models.family(model)
-    return source_hash(*MODEL_CODE, fam.module, *fam.code)
+    todo, out = [*MODEL_CODE, fam.module, *fam.code], []
+    while todo:
+        name = todo.pop(0)
+        if name not in out and name not in NOT_WEIGHTS:
+            out.append(name)
+            todo += _t2v_imports(name)
+    return tuple(out)
+
+
+def model_code_version(model: str) -> str:
+    """Hash of the sources of `training_modules(model)`: part of the training cache key, so a new judge,
+    sampler or family module trains afresh instead of reusing weights another code state picked."""
+    return source_hash(*training_modules(model))
 
 
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:
