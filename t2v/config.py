@@ -251,6 +251,13 @@ def config_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _is_submodule(package: str, name: str) -> bool:
+    """Whether `package.name` is a module file (looked up on disk: importing it could pull in torch)."""
+    spec = importlib.util.find_spec(package)
+    locations = (spec.submodule_search_locations if spec is not None else None) or []
+    return any((Path(loc) / f"{name}.py").is_file() or (Path(loc) / name / "__init__.py").is_file() for loc in locations)
+
+
 def _t2v_imports(name: str) -> list[str]:
     """The t2v modules a module's source imports, read from the file (nothing is imported)."""
     spec = importlib.util.find_spec(name)
@@ -261,8 +268,9 @@ def _t2v_imports(name: str) -> list[str]:
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module == "t2v":  # from t2v import judge, vocab
                 found |= {f"t2v.{a.name}" for a in node.names}
-            elif node.module.startswith("t2v."):
+            elif node.module.startswith("t2v."):  # from t2v.models import GeneratorSpec, pixel: the submodules too
                 found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names if _is_submodule(node.module, a.name)}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("t2v.")}
     return sorted(found)

@@ -80,13 +80,13 @@ def test_profiles_and_overrides() -> None:
         config_for("cpu-demo", batch_size="many")
 
 
-def test_code_version_covers_every_module_the_training_imports() -> None:
+def test_code_version_covers_every_module_the_training_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training cache key hashes what decides the weights, found by following imports: the judge that
     picks the shipped step and the sampler's symmetry table included, no other family's module."""
     import importlib.util
     import re
 
-    from t2v.config import NOT_WEIGHTS, model_code_version, training_modules
+    from t2v.config import NOT_WEIGHTS, _t2v_imports, model_code_version, training_modules
     from t2v.io import source_hash
 
     for model in FAMILIES:
@@ -101,6 +101,10 @@ def test_code_version_covers_every_module_the_training_imports() -> None:
                 used = [f"t2v.{n.split()[0]}" for n in names.split(",")] if module == "t2v" else [module]
                 assert set(used) - NOT_WEIGHTS <= mods, (model, name, used)
         assert model_code_version(model) == source_hash(*training_modules(model))
+    # a plugin family importing a shared module by name from its package: the submodule is followed, a class is not
+    (tmp_path / "probe_family.py").write_text("from t2v.models import GeneratorSpec, pixel\nfrom t2v import judge as j\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _t2v_imports("probe_family") == ["t2v.judge", "t2v.models", "t2v.models.pixel"]
 
 
 @pytest.mark.parametrize("model", FAMILIES)
