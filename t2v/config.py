@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from t2v import dataset, models
-from t2v.io import source_hash
+from t2v.io import module_source, source_hash
 
 CKPT_NAME = "last.pt"  # under <run dir>/checkpoints/, with its metadata beside it as last.json
 RUN_RECORD = "mlflow_run.json"  # under the run dir: the MLflow run a training continues
@@ -260,11 +260,8 @@ def _is_submodule(package: str, name: str) -> bool:
 
 def _t2v_imports(name: str) -> list[str]:
     """The t2v modules a module's source imports, read from the file (nothing is imported)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.origin:
-        raise ModuleNotFoundError(f"no source for module {name!r}")
     found: set[str] = set()
-    for node in ast.walk(ast.parse(Path(spec.origin).read_bytes())):
+    for node in ast.walk(ast.parse(module_source(name).read_bytes())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module == "t2v":  # from t2v import judge, vocab
                 found |= {f"t2v.{a.name}" for a in node.names}

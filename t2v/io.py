@@ -78,6 +78,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def module_source(name: str) -> Path:
+    """The source file of a module given by its dotted name, found without importing it (only its
+    parent packages are imported)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(f"no source for module {name!r}")
+    return Path(spec.origin)
+
+
 def source_hash(*parts: ModuleType | str | bytes) -> str:
     """16 hex digits over modules' source files (a module, or its dotted name: found without importing
     it) and any bytes given: what keys a cache on "this code, these settings"."""
@@ -87,10 +96,7 @@ def source_hash(*parts: ModuleType | str | bytes) -> str:
             h.update(part + b"\0")
             continue
         name = part if isinstance(part, str) else part.__name__
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin:
-            raise ModuleNotFoundError(f"no source for module {name!r}")
-        h.update(f"{name}\0".encode() + Path(spec.origin).read_bytes() + b"\0")
+        h.update(f"{name}\0".encode() + module_source(name).read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
