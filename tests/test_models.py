@@ -197,6 +197,54 @@ def test_time_shift_reads_the_same_path_later_or_earlier_and_round_trips(tmp_pat
         config_for("cpu-demo", shift=-0.1)
 
 
+def test_sprite_prior_draws_the_vocabularys_size_per_clip_and_one_fill_per_colour(tmp_path) -> None:
+    """sprite_prior: the contour has circumradius 1, a fifth noise dim draws the clip's circumradius uniformly in
+    the vocabulary's 10-16% of the side (what the pose's scale channel multiplies) and moves nothing else (the pose
+    MLP never sees it, so training cannot undo the draw), and the fill is the colour code's alone; the spec
+    round-trips, old exports load without it, and only video takes the switch."""
+    from t2v import render
+
+    torch.manual_seed(0)
+    g = LayeredGenerator(T, S, z_dim=8, text_dim=16, anchor=0.3, shift=0.3, sprite_prior=True)
+    with torch.no_grad():
+        g.contour[-1].weight.normal_(0, 0.5)  # a lumpy contour, whose largest radius is not 1 before scaling
+        codes = torch.randn(1, 3, 16).expand(6, -1, -1)  # one prompt, six noises
+        z = torch.randn(6, 8)
+        z[:, 4] = torch.tensor([-9.0, 9.0, 0.0, 0.5, -0.5, 1.0])
+        layers = g.layers(z, codes)
+        assert torch.allclose(layers.contour.amax(1), torch.ones(6))
+        assert torch.allclose(layers.fill, layers.fill[:1].expand(6, -1), rtol=0, atol=1e-6)  # one fill, whatever the noise
+        mid = z.clone()
+        mid[:, 4] = 0.0
+        ref = g.layers(mid, codes)
+        for name in ("cx", "cy", "angle", "fill", "contour"):
+            assert torch.equal(getattr(layers, name), getattr(ref, name)), name
+        lo, hi = render.RADIUS_RANGE
+        radius = 2 * (lo + (hi - lo) * 0.5 * (1 + torch.erf(z[:, 4] / math.sqrt(2))))  # canvas units (half-side 1)
+        ratio = layers.scale / ref.scale  # (6, T): the whole clip by one factor, the drawn radius over the middle one
+        assert torch.allclose(ratio, (radius / (lo + hi)).unsqueeze(1).expand(-1, T), atol=1e-5)
+        assert abs(ratio[0, 0] - 2 * lo / (lo + hi)) < 1e-4 and abs(ratio[1, 0] - 2 * hi / (lo + hi)) < 1e-4
+        for lin in (g.pose[-1], g.direct, g.velocity, g.direct_pad):  # a pose of 0: the scale is the drawn radius
+            lin.weight.zero_()
+            lin.bias.zero_()
+        assert torch.allclose(g.layers(z, codes).scale, radius.unsqueeze(1).expand(-1, T), atol=1e-6)
+    spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16, sprite_prior=True)
+    g2, te = build_generator(spec)
+    assert load_generator(export_generator(g2, te, spec, tmp_path / "export")).generator.sprite_prior
+    old = spec.to_dict()
+    del old["sprite_prior"]  # a config.json written before the option
+    assert not GeneratorSpec.from_dict(old).sprite_prior
+    assert not build_generator(GeneratorSpec.from_dict(old))[0].sprite_prior
+    from t2v.config import config_for, generator_spec
+
+    assert not generator_spec(config_for("cpu-demo"), T, S).sprite_prior  # off by default (README)
+    assert generator_spec(config_for("cpu-demo", sprite_prior="true"), T, S).sprite_prior
+    with pytest.raises(ValueError, match=r"sprite_prior .*z_dim must be at least 5, got 4"):
+        config_for("cpu-demo", z_dim=4, sprite_prior=True)
+    with pytest.raises(ValueError, match=r"sprite_prior.*video"):
+        config_for("cpu-demo", model="baseline", sprite_prior=True)
+
+
 def test_concavity_prior_spares_polygons_and_penalises_stars() -> None:
     th = torch.arange(ANGLES) * (2 * math.pi / ANGLES) - math.pi
     square = 1 / torch.stack([torch.cos(th - k * math.pi / 2) for k in range(4)]).max(0).values  # r = apothem / cos

@@ -4,6 +4,9 @@ video generator -- a content/motion split, composited like a layered GAN:
   text ids --TextEncoder--> colour code, shape code, motion code          # (B, 3, D)
   fill    = MLP(colour code, z)           per clip                       # (B, 3)
   contour = exp(Fourier(MLP(shape code)))  per clip, radius at N angles  # (B, N)
+  sprite prior (sprite_prior, off by default): fill = MLP(colour code), one per colour word; the contour divided
+            by its largest radius (circumradius 1); the pose's scale times a circumradius drawn per clip, uniform in
+            the vocabulary's 10-16% of the side, off noise dim 4, which the pose MLP does not see
   pose_t  = MLP(motion code, z) -> per-frame (x, y, log-scale, angle)    # (B, T, 4)
             = MLP(h + e_t) + readout_t(h) + velocity(h) * t                 (explicit time modelling)
             + (x, y) anchor: softplus(Linear(motion code)) * erf(z[:2] / sqrt 2)   (anchor > 0: where it starts)
@@ -45,10 +48,10 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.profiler import record_function
 
-from t2v import distributed, text, vocab
+from t2v import distributed, render, text, vocab
 from t2v.config import TrainConfig
 from t2v.loader import to_model
-from t2v.models import GeneratorSpec
+from t2v.models import SIZE_NOISE_DIM, GeneratorSpec
 from t2v.models.common import Models, build_models, ce, spec_text_encoder, ema_update, hinge_fake, hinge_real
 
 
@@ -158,16 +161,16 @@ class LayeredGenerator(nn.Module):
     noise (B, z), codes (B, 3, D) -> clip (B, 3, T, H, W) in [-1, 1]"""
 
     def __init__(self, frames: int, size: int, z_dim: int = 32, text_dim: int = 64, hidden: int = 256,
-                 anchor: float = 0.0, shift: float = 0.0) -> None:
+                 anchor: float = 0.0, shift: float = 0.0, sprite_prior: bool = False) -> None:
         super().__init__()
-        self.frames, self.size, self.z_dim = frames, size, z_dim
+        self.frames, self.size, self.z_dim, self.sprite_prior = frames, size, z_dim, sprite_prior
         # per-clip placement read straight off two noise dims: the path's offset is u * spread(motion code),
         # u uniform in (-1, 1)^2, so every sample of a prompt starts elsewhere unless the critics shrink the spread
         self.anchor = nn.Linear(text_dim, 2) if anchor > 0 else None
         if self.anchor is not None:
             nn.init.zeros_(self.anchor.weight)
             nn.init.constant_(self.anchor.bias, math.log(math.expm1(anchor)))  # softplus(bias) = anchor
-        self.fill = _mlp(text_dim + z_dim, 128, 3)
+        self.fill = _mlp(text_dim if sprite_prior else text_dim + z_dim, 128, 3)  # sprite prior: one fill per colour word
         self.contour = _mlp(text_dim, 128, 1 + 2 * len(HARMONICS))  # shape code only: a shape looks the same in any motion
         nn.init.zeros_(self.contour[-1].weight)  # start as a circle of radius `scale`
         nn.init.zeros_(self.contour[-1].bias)
@@ -204,11 +207,15 @@ class LayeredGenerator(nn.Module):
     def layers(self, z: torch.Tensor, codes: torch.Tensor) -> Layers:
         """Content (fill, contour) from the colour/shape codes, motion (pose per frame) from the motion code + z."""
         c_col, c_shape, c_mot = codes.float().unbind(1)  # (B, D) each
-        fill = torch.tanh(self.fill(torch.cat([c_col, z], 1)))  # (B, 3)
+        fill = torch.tanh(self.fill(c_col if self.sprite_prior else torch.cat([c_col, z], 1)))  # (B, 3)
         coef = self.contour(c_shape)  # (B, 1 + 2K) log-radius Fourier coefficients
         contour, outline = (torch.exp(CONTOUR_RANGE * torch.tanh(coef @ b.T / CONTOUR_RANGE))  # soft-bounded, never 0
                             for b in (self.basis, self.smooth_basis))  # (B, ANGLES) each
-        h = self.motion(torch.cat([c_mot, z], 1))  # (B, hidden)
+        z_pose = z
+        if self.sprite_prior:  # circumradius 1: a shape code cannot draw its shape larger or smaller than the pose says;
+            contour = contour / contour.amax(1, keepdim=True)  # and the pose MLP never sees the size draw, so cannot undo it
+            z_pose = z.index_fill(1, torch.tensor([SIZE_NOISE_DIM], device=z.device), 0.0)
+        h = self.motion(torch.cat([c_mot, z_pose], 1))  # (B, hidden)
         if self.shift is None:  # not folded into shifted_pose: its other evaluation order changes the gradients'
             # float summation, so the weights of every recipe measured without the option
             pose = (self.pose(h.unsqueeze(1) + self.time.unsqueeze(0)) + self.direct(h).view(-1, self.frames, 4)
@@ -222,8 +229,13 @@ class LayeredGenerator(nn.Module):
             offset = F.softplus(self.anchor(c_mot)) * u  # (B, 2) pre-bound units
             pose = torch.cat([pose[..., :2] + offset.unsqueeze(1), pose[..., 2:]], -1)
         args = torch.stack([pose[..., 0], pose[..., 1], pose[..., 2] / SCALE_RANGE], -1)  # (B, T, 3) the tanh arguments
+        radius: torch.Tensor | float = RADIUS
+        if self.sprite_prior:  # the vocabulary's circumradius range, uniform per clip as the renderer draws it (canvas units)
+            lo, hi = render.RADIUS_RANGE
+            u = (torch.erf(z[:, SIZE_NOISE_DIM:SIZE_NOISE_DIM + 1].float() / math.sqrt(2.0)) + 1.0) / 2.0  # (B, 1)
+            radius = 2.0 * (lo + (hi - lo) * u)
         return Layers(fill, contour, outline, POSE_RANGE * torch.tanh(pose[..., 0]), POSE_RANGE * torch.tanh(pose[..., 1]),
-                      RADIUS * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi,
+                      radius * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi,
                       F.relu(args.abs() - KNEE).pow(2).mean())
 
     def shifted_pose(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -586,7 +598,8 @@ class VideoDiscriminators(nn.Module):
 # ----------------------------------------------------------------------------- construction and training
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
-    return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim, anchor=spec.anchor, shift=spec.shift),
+    return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim, anchor=spec.anchor, shift=spec.shift,
+                             sprite_prior=spec.sprite_prior),
             spec_text_encoder(spec, slots=3))
 
 
