@@ -118,6 +118,12 @@ def concavity(contour: torch.Tensor) -> torch.Tensor:
     return F.relu(-(contour ** 2 + 2 * d1 ** 2 - contour * d2) / contour ** 2).mean()
 
 
+def uniform_noise(z: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Noise dims lo..hi-1 mapped through the normal CDF to uniform in (-1, 1): what the anchor, the time
+    shift and the sprite prior's size draw read. (B, z) -> (B, hi - lo)"""
+    return torch.erf(z[:, lo:hi].float() / math.sqrt(2.0))
+
+
 def pixel_centres(start: torch.Tensor, n: int, side: int) -> torch.Tensor:
     """Canvas coordinates of pixels start..start+n-1 on a `side`-pixel canvas. (...,) -> (..., n)"""
     return (start.unsqueeze(-1) + torch.arange(n, device=start.device) + 0.5) * (2.0 / side) - 1.0
@@ -221,18 +227,18 @@ class LayeredGenerator(nn.Module):
             pose = (self.pose(h.unsqueeze(1) + self.time.unsqueeze(0)) + self.direct(h).view(-1, self.frames, 4)
                     + self.velocity(h).unsqueeze(1) * self.ramp)  # (B, T, 4)
         else:
-            delta = F.softplus(self.shift(c_mot)) * SHIFT_PAD * torch.erf(z[:, 3:4].float() / math.sqrt(2.0))  # (B, 1) frames
+            delta = F.softplus(self.shift(c_mot)) * SHIFT_PAD * uniform_noise(z, 3, 4)  # (B, 1) frames
             pose = self.shifted_pose(h, delta)
         pose = pose.float()
         if self.anchor is not None:
-            u = torch.erf(z[:, :2].float() / math.sqrt(2.0))  # (B, 2) uniform in (-1, 1)
+            u = uniform_noise(z, 0, 2)  # (B, 2)
             offset = F.softplus(self.anchor(c_mot)) * u  # (B, 2) pre-bound units
             pose = torch.cat([pose[..., :2] + offset.unsqueeze(1), pose[..., 2:]], -1)
         args = torch.stack([pose[..., 0], pose[..., 1], pose[..., 2] / SCALE_RANGE], -1)  # (B, T, 3) the tanh arguments
         radius: torch.Tensor | float = RADIUS
         if self.sprite_prior:  # the vocabulary's circumradius range, uniform per clip as the renderer draws it (canvas units)
             lo, hi = render.RADIUS_RANGE
-            u = (torch.erf(z[:, SIZE_NOISE_DIM:SIZE_NOISE_DIM + 1].float() / math.sqrt(2.0)) + 1.0) / 2.0  # (B, 1)
+            u = (uniform_noise(z, SIZE_NOISE_DIM, SIZE_NOISE_DIM + 1) + 1.0) / 2.0  # (B, 1) in (0, 1)
             radius = 2.0 * (lo + (hi - lo) * u)
         return Layers(fill, contour, outline, POSE_RANGE * torch.tanh(pose[..., 0]), POSE_RANGE * torch.tanh(pose[..., 1]),
                       radius * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE)), pose[..., 3] * math.pi,
