@@ -62,6 +62,10 @@ class TrainConfig:
     spread_weight: float = 0.0  # video: pull the per-axis variance of the start centre over 8 noises of each prompt to
     # the real clips' of its motion (moment matching, no critic); off: it widens the spread to 0.8x real and lowers the
     # FD, but costs motions (README, design note)
+    match_weight: float = 0.0  # video: pull the mean statistics of the centre track (per-axis speed, turning, net travel,
+    # range; speed wander, orbit rate, distance from the centre) over 8 noises of each prompt to the real clips' of its
+    # motion (moment matching, no critic); off: with sprite_prior at 0.02 the Fréchet target held on three seeds, a
+    # motion did not on two, at about a fifth more time per step (README, design note)
     convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"
@@ -165,7 +169,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)!r}")
     for name in ("num_workers", "shuffle_buffer", "threads", "ema_start", "select_every", "seed", "max_seconds",
-                 "r1_weight", "aux_weight", "mismatch_weight", "pair_weight", "spread_weight", "anchor", "shift"):
+                 "r1_weight", "aux_weight", "mismatch_weight", "pair_weight", "spread_weight", "match_weight", "anchor", "shift"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     for name in ("lr_g", "lr_d"):

@@ -15,7 +15,8 @@ from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
 from t2v.models.video import (ANGLES, HARMONICS, POSE_RANGE, RADIUS, SCALE_RANGE, TRACK_PER_FRAME, TRACK_PER_STEP,
                               LayeredGenerator, PairDiscriminator, VideoDiscriminators, concavity, crop_real,
                               fourier_basis, ink_moments,
-                              StartStats, same_motion_partner, spread_gap, track_features)
+                              MotionStats, same_motion_partner, spread_gap, track_features, track_gap,
+                              track_stats)
 from t2v.sampler import export_generator, load_generator
 
 FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer
@@ -355,18 +356,69 @@ def test_same_motion_partner_pairs_distinct_clips_of_one_motion() -> None:
             assert int(motion[partner[i]]) == int(motion[i])
 
 
-def test_start_stats_give_each_motions_real_start_variance_over_batches() -> None:
-    """The running sums over batches give the unbiased per-axis variance of each motion's real starts,
-    and say which motions have fewer than two starts so far."""
+def test_start_stats_give_each_motions_real_mean_and_variance_over_batches() -> None:
+    """The running sums over batches give each motion's mean of any statistic (`dims` values per clip) and the
+    unbiased per-axis variance of its real starts, and say which motions have too few clips for either."""
     torch.manual_seed(0)
-    stats = StartStats(3)
     starts, motion = torch.randn(40, 2) * torch.tensor([0.5, 0.1]), torch.tensor([0, 1] * 19 + [2, 0])
+    values = torch.randn(40, 5)
+    stats, five = MotionStats(3), MotionStats(3, dims=5)
     for i in range(0, 40, 8):
         stats.update(starts[i:i + 8], motion[i:i + 8])
+        five.update(values[i:i + 8], motion[i:i + 8])
     var, has = stats.variance(torch.tensor([0, 1, 2]))
-    assert has.tolist() == [True, True, False]
-    for k in (0, 1):
-        assert torch.allclose(var[k], starts[motion == k].var(0), atol=1e-5)
+    assert has.tolist() == [True, True, False]  # motion 2 has one start: no variance
+    mean, has = five.mean(torch.tensor([0, 1, 2]))
+    assert has.tolist() == [True, True, True]
+    assert not MotionStats(3).mean(torch.tensor([1]))[1].any()  # nothing counted yet: no mean
+    for k in (0, 1, 2):
+        assert torch.allclose(mean[k], values[motion == k].mean(0), atol=1e-5)
+        if k < 2:
+            assert torch.allclose(var[k], starts[motion == k].var(0), atol=1e-5)
+
+
+def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_the_real_mean() -> None:
+    """A zigzag up and its mirror image down give the same statistics, a wider zigzag other ones; clockwise
+    and counter-clockwise orbits differ in the orbit rate only by its sign. The gap is 0 at the real mean,
+    ignores clips without one, and its gradient moves the generated tracks towards it."""
+    t = torch.arange(16, dtype=torch.float32)
+    side = torch.where(t % 2 == 0, 0.15, -0.15)
+    up = torch.stack([side, 0.6 - 0.08 * t], -1).unsqueeze(0)  # (1, T, 2) zigzag up, 0.3 side to side
+    down = up * torch.tensor([-1.0, -1.0])
+    wide = torch.stack([side * 2, 0.6 - 0.08 * t], -1).unsqueeze(0)
+    a, b, w = track_stats(up), track_stats(down), track_stats(wide)
+    assert a.shape == (1, 13)  # per axis |step|, |change of step|, its largest, |net|, range; speed wander; orbit; distance
+    assert torch.allclose(a, b, atol=1e-6)
+    assert abs(float(a[0, 6]) - 0.3) < 1e-6 and abs(float(a[0, 7]) - 1.2) < 1e-5  # net across (ends on the other side), along
+    assert abs(float(a[0, 8]) - 0.3) < 1e-6 and abs(float(w[0, 8]) - 0.6) < 1e-6  # range side to side
+    assert abs(float(a[0, 2]) - 0.6) < 1e-6 and abs(float(a[0, 3])) < 1e-6  # the side switches every frame
+    assert float(a[0, 10]) < 1e-4  # steady speed
+    bounce = torch.stack([torch.zeros(16), (0.8 - (0.1 * t - 0.8).abs())], -1).unsqueeze(0)  # reflects once
+    rounded = torch.stack([torch.zeros(16), 0.8 * torch.sin(t * math.pi / 15)], -1).unsqueeze(0)  # turns smoothly
+    sb, sr = track_stats(bounce), track_stats(rounded)
+    assert abs(float(sb[0, 5]) - 0.2) < 1e-5 and float(sr[0, 5]) < 0.1  # one spike, spread thin
+    assert float(sb[0, 10]) < 0.02 < float(sr[0, 10])  # steady speed, or not
+    phi = t * (2 * math.pi / 16)
+    cw = torch.stack([0.5 * torch.cos(phi), 0.5 * torch.sin(phi)], -1).unsqueeze(0)  # y down: growing angle is clockwise
+    ccw = cw * torch.tensor([1.0, -1.0])
+    s_cw, s_ccw = track_stats(cw), track_stats(ccw)
+    assert float(s_cw[0, 11]) > 0.1 and torch.allclose(s_cw[0, 11], -s_ccw[0, 11])  # orbit rate
+    assert torch.allclose(s_cw[0, :11], s_ccw[0, :11], atol=1e-6) and torch.allclose(s_cw[0, 12], torch.tensor(0.5), atol=1e-4)
+
+    real = torch.cat([a, a, a])  # (3, 10) the real mean of each clip's motion
+    has = torch.tensor([True, True, False])
+    fake = torch.stack([torch.cat([up] * 4), torch.cat([up] * 4), torch.cat([wide] * 4)])  # (3, n=4, T, 2)
+    stats = lambda tracks: track_stats(tracks.flatten(0, 1)).view(3, 4, 13)
+    assert float(track_gap(stats(fake), real, has)) < 1e-6  # the third clip has no real mean: free
+    fake = torch.stack([torch.cat([wide] * 4)] * 3).requires_grad_(True)
+    gap = track_gap(stats(fake), real, has)
+    assert float(gap) > 1.0
+    gap.backward()
+    stepped = fake.detach() - 1e-4 * fake.grad
+    assert float(track_gap(stats(stepped), real, has)) < float(gap)
+    assert torch.all(fake.grad[2] == 0)
+    off = float(track_gap(real.unsqueeze(1) + 0.05, real, has))  # every statistic one MATCH_SCALE away
+    assert abs(off - 13.0) < 1e-3
 
 
 def test_spread_gap_pulls_each_prompts_start_variance_to_its_motions_real_one() -> None:

@@ -169,30 +169,34 @@ def test_pair_critic_trains_and_moves_only_when_switched_on(data: Path, tmp_path
         config_for("cpu-demo", pair_weight=-1)
 
 
-def test_spread_term_enters_the_generator_loss_only_when_switched_on(data: Path) -> None:
-    """spread_weight > 0 adds the start-spread term to G's loss, logs it and counts the batch's real starts
-    in the discriminator's state (so a checkpoint carries them); off (the default) the term is 0, nothing
-    is built and no extra noise is drawn, so the default recipe is the one measured without it."""
+@pytest.mark.parametrize("weight, term, stats", [("spread_weight", "spread_g", "starts"),
+                                                  ("match_weight", "match_g", "tracks")])
+def test_moment_terms_enter_the_generator_loss_only_when_switched_on(data: Path, weight: str, term: str,
+                                                                   stats: str) -> None:
+    """spread_weight > 0 (match_weight > 0) adds the start-spread term (the track match) to G's loss, logs it and
+    counts the batch's real clips in the discriminator's state (so a checkpoint carries them); off (the default)
+    the term is 0, nothing is built and no extra noise is drawn, so the default recipe is the one measured
+    without it."""
     from t2v.models import video
 
     spec = GeneratorSpec("video", 8, 32, TINY["z_dim"], TINY["text_dim"], anchor=0.3)
     batch = next(iter(make_loader(data, 8, num_workers=0, shuffle_buffer=16, seed=0)))
     got = {}
     for w in (0.0, 1.0):
-        cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, spread_weight=w, **TINY)
+        cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, **{weight: w}, **TINY)
         torch.manual_seed(0)
         m = video.build(cfg, spec, torch.device("cpu"))
         got[w] = video.step(cfg, m, torch.device("cpu"))(batch)
         got[w]["rng"] = torch.rand(1)
-        starts = m.discriminator.starts
-        assert (starts is None) if w == 0 else (int(starts.count.sum()) == len(batch["ids"]))
-        assert any(k.startswith("starts.") for k in m.discriminator.state_dict()) == (w > 0)
-    assert float(got[0.0]["spread_g"]) == 0.0
-    assert float(got[1.0]["spread_g"]) > 0.0
+        counts = getattr(m.discriminator, stats)
+        assert (counts is None) if w == 0 else (int(counts.count.sum()) == len(batch["ids"]))
+        assert any(k.startswith(f"{stats}.") for k in m.discriminator.state_dict()) == (w > 0)
+    assert float(got[0.0][term]) == 0.0
+    assert float(got[1.0][term]) > 0.0
     assert float(got[1.0]["loss_g"]) > float(got[0.0]["loss_g"])
     assert not torch.equal(got[0.0]["rng"], got[1.0]["rng"])  # the term's noises come from the seeded stream
-    with pytest.raises(ValueError, match="spread_weight"):
-        config_for("cpu-demo", spread_weight=-1)
+    with pytest.raises(ValueError, match=weight):
+        config_for("cpu-demo", **{weight: -1})
 
 
 class Stop(Exception):

@@ -33,7 +33,10 @@ Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are
          -> real/fake (projection on the motion): the only critic that sees two samples of a prompt
          at once, so the only one that can tell that they all start in the same place.
   Spread term (optional, spread_weight > 0): no critic; the per-axis variance of the start centres of
-         8 noises per prompt is pulled to that of real clips of its motion (running sums, StartStats).
+         8 noises per prompt is pulled to that of real clips of its motion (running sums, MotionStats).
+  Track match (optional, match_weight > 0): no critic; 13 direction-free statistics of the centre tracks of
+         8 noises per prompt (speed, turning, travel, range, speed wander, orbit rate, distance from the
+         centre: track_stats), averaged, are pulled to the real clips' mean for its motion (MotionStats).
 """
 
 from __future__ import annotations
@@ -499,34 +502,42 @@ class PairDiscriminator(nn.Module):
 
 
 SPREAD_NOISES = 8  # noises per prompt whose start centres the spread term compares with real clips'
+MATCH_NOISES = 8  # noises per prompt whose centre tracks the track match compares with real clips'
 SPREAD_SCALE = 0.1  # canvas units^2: a per-axis variance gap of this size costs 1 (real: 0.01-0.34 by motion and axis)
 
 
-class StartStats(nn.Module):
-    """Running per-motion sums of real clips' start centres, over every batch so far: the target of the
-    spread term, a dataset constant that one batch (one or two clips of a motion) estimates too noisily.
+class MotionStats(nn.Module):
+    """Running per-motion sums of a per-clip statistic of real clips (`dims` values: the start centre for the spread
+    term, track_stats for the track match), over every batch so far: the target of a moment-matching term, a dataset
+    constant that one batch (one or two clips of a motion) estimates too noisily.
     Buffers, so a checkpoint carries them and a resumed run continues the same sums."""
 
-    def __init__(self, n_motions: int) -> None:
+    def __init__(self, n_motions: int, dims: int = 2) -> None:
         super().__init__()
         self.register_buffer("count", torch.zeros(n_motions))
-        self.register_buffer("total", torch.zeros(n_motions, 2))
-        self.register_buffer("squares", torch.zeros(n_motions, 2))
+        self.register_buffer("total", torch.zeros(n_motions, dims))
+        self.register_buffer("squares", torch.zeros(n_motions, dims))
 
     @torch.no_grad()
-    def update(self, starts: torch.Tensor, motion: torch.Tensor) -> None:
-        """Add a batch: starts (B, 2) real start centres, motion (B,); on N ranks, the union of their batches."""
-        s = starts.to(self.total.dtype)
-        batch = torch.zeros(self.count.shape[0], 5, dtype=self.total.dtype, device=self.total.device)
-        batch.index_add_(0, motion, torch.cat([torch.ones_like(s[:, :1]), s, s.pow(2)], 1))  # (M, 5)
+    def update(self, values: torch.Tensor, motion: torch.Tensor) -> None:
+        """Add a batch: values (B, dims) of real clips, motion (B,); on N ranks, the union of their batches."""
+        s = values.to(self.total.dtype)
+        batch = torch.zeros(self.count.shape[0], 1 + 2 * s.shape[1], dtype=self.total.dtype, device=self.total.device)
+        batch.index_add_(0, motion, torch.cat([torch.ones_like(s[:, :1]), s, s.pow(2)], 1))  # (M, 1 + 2 dims)
         distributed.sum_over_ranks(batch)
+        k = s.shape[1]
         self.count += batch[:, 0]
-        self.total += batch[:, 1:3]
-        self.squares += batch[:, 3:]
+        self.total += batch[:, 1:1 + k]
+        self.squares += batch[:, 1 + k:]
+
+    def mean(self, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean of each clip's motion's real values, and whether it has one. motion (B,) -> (B, dims), (B,) bool"""
+        n = self.count[motion]
+        return self.total[motion] / n.clamp(min=1.0).unsqueeze(1), n >= 1
 
     def variance(self, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unbiased per-axis variance of each clip's motion's real starts, and whether there are 2 to have one.
-        motion (B,) -> (B, 2), (B,) bool"""
+        """Unbiased per-axis variance of each clip's motion's real values, and whether there are 2 to have one.
+        motion (B,) -> (B, dims), (B,) bool"""
         n = self.count[motion].unsqueeze(1)  # (B, 1)
         mean = self.total[motion] / n.clamp(min=1.0)
         var = (self.squares[motion] - n * mean.pow(2)) / (n - 1.0).clamp(min=1.0)
@@ -539,6 +550,39 @@ def spread_gap(fake: torch.Tensor, var_real: torch.Tensor, has: torch.Tensor) ->
 
     fake (B, n, 2) start centres of n noises per prompt, var_real (B, 2), has (B,) bool -> scalar"""
     err = ((fake.float().var(1) - var_real.float()) / SPREAD_SCALE).pow(2).sum(1)  # (B,)
+    keep = has.float()
+    return (err * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+TRACK_STATS = 13  # track_stats values per clip
+MATCH_SCALE = 0.05  # canvas units (1.6 px at 64): a gap of this size in one track statistic costs 1
+
+
+def track_stats(c: torch.Tensor) -> torch.Tensor:
+    """What a motion does to the sprite's centre, in statistics that do not depend on which way a clip of it
+    goes (a zigzag runs up or down): per axis the mean absolute step (speed), the mean and the largest absolute
+    change of step (a reflection is one spike of it, a zigzag turns every frame, a rounded turn spreads it
+    thin), absolute net travel and range; how far the speed strays from its clip mean (a bounce keeps it
+    steady); the mean orbit rate about the canvas centre (signed: clockwise and counter-clockwise are two
+    motions) and the mean distance from it. c (B, T, 2) canvas units -> (B, TRACK_STATS)"""
+    c = c.float()
+    d = c[:, 1:] - c[:, :-1]  # (B, T-1, 2)
+    dd = d[:, 1:] - d[:, :-1]  # (B, T-2, 2)
+    speed = torch.sqrt((d * d).sum(-1) + 1e-6)  # (B, T-1)
+    a, b = c[:, :-1], c[:, 1:]
+    orbit = (a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]).mean(1, keepdim=True) * 4.0  # ~ rho^2 dphi, > 0 clockwise
+    rho = torch.sqrt((c * c).sum(-1) + 1e-6).mean(1, keepdim=True)
+    wander = (speed - speed.mean(1, keepdim=True)).abs().mean(1, keepdim=True)
+    return torch.cat([d.abs().mean(1), dd.abs().mean(1), dd.abs().amax(1), (c[:, -1] - c[:, 0]).abs(),
+                      c.amax(1) - c.amin(1), wander, orbit, rho], 1)
+
+
+def track_gap(fake: torch.Tensor, real_mean: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """How far the mean track statistics over the noises of each prompt are from the real mean of its motion,
+    averaged over the clips whose motion has real clips so far: squared gaps in units of MATCH_SCALE, summed.
+
+    fake (B, n, TRACK_STATS) over n noises per prompt, real_mean (B, TRACK_STATS), has (B,) bool -> scalar"""
+    err = ((fake.float().mean(1) - real_mean.float()) / MATCH_SCALE).pow(2).sum(1)  # (B,)
     keep = has.float()
     return (err * keep).sum() / keep.sum().clamp(min=1.0)
 
@@ -561,7 +605,8 @@ class VideoDiscriminators(nn.Module):
     in K frames, and the whole clip at half resolution (B, 3, T, H/2, W/2)."""
 
     def __init__(self, frames: int, size: int, n_vocab: int, n_motions: int, width: int = 32,
-                 frame_samples: int = 2, feat: int = 256, pair: bool = False, starts: bool = False) -> None:
+                 frame_samples: int = 2, feat: int = 256, pair: bool = False, starts: bool = False,
+                 tracks: bool = False) -> None:
         super().__init__()
         if size % 16:
             raise ValueError(f"frame size must be a multiple of 16 for the discriminators, got {size}")
@@ -570,7 +615,8 @@ class VideoDiscriminators(nn.Module):
         self.video = VideoDiscriminator(frames, self.res, n_motions, width, feat)
         self.track = TrackDiscriminator(frames, n_motions, feat)
         self.pair = PairDiscriminator(frames, n_motions, feat) if pair else None
-        self.starts = StartStats(n_motions) if starts else None  # real start statistics, for the spread term
+        self.starts = MotionStats(n_motions) if starts else None  # real start statistics, for the spread term
+        self.tracks = MotionStats(n_motions, TRACK_STATS) if tracks else None  # real track statistics, for the track match
         self.frame_text = text.BagOfWords(n_vocab, feat)
         self.video_text = text.BagOfWords(n_vocab, feat)
         self.track_text = text.BagOfWords(n_vocab, feat)
@@ -613,7 +659,8 @@ def build(cfg: TrainConfig, spec: GeneratorSpec, device: torch.device) -> Models
     """Fresh generator, text encoder, the three critics, Adam for each side, and EMA copies of G."""
     g, te = build_generator(spec)
     d = VideoDiscriminators(spec.frames, spec.size, spec.n_vocab, len(vocab.motion_names()), cfg.width,
-                            cfg.frame_samples, pair=cfg.pair_weight > 0, starts=cfg.spread_weight > 0)
+                            cfg.frame_samples, pair=cfg.pair_weight > 0, starts=cfg.spread_weight > 0,
+                            tracks=cfg.match_weight > 0)
     return build_models(cfg, spec, device, g, te, d)
 
 
@@ -727,6 +774,13 @@ class VideoStep:
                     D.starts.update(centre[:, 0], lab["motion"])
                     spread_g = spread_gap(starts.view(B, SPREAD_NOISES, 2), *D.starts.variance(lab["motion"]))
                     loss_g = loss_g + cfg.spread_weight * spread_g
+                match_g = torch.zeros((), device=dev)
+                if cfg.match_weight > 0:  # centre tracks of MATCH_NOISES noises per prompt (pose path only: no pixels)
+                    zm = distributed.randn(B * MATCH_NOISES, cfg.z_dim, device=dev)
+                    tracks = m.generator.track(zm, codes.repeat_interleave(MATCH_NOISES, 0))  # (B*n, T, 2)
+                    D.tracks.update(track_stats(centre), lab["motion"])
+                    match_g = track_gap(track_stats(tracks).view(B, MATCH_NOISES, TRACK_STATS), *D.tracks.mean(lab["motion"]))
+                    loss_g = loss_g + cfg.match_weight * match_g
         with record_function("G: backward and Adam"):
             loss_g.backward()
             m.opt_g.step()
@@ -741,7 +795,7 @@ class VideoStep:
             acc.update({f"acc_real_{k}": (logits_r[k].argmax(1) == real_t[k]).float().mean()
                         for k in ("video_motion", "track_motion", "frame_shape")})
         out = {"loss_d": loss_d, "loss_g": loss_g, "adv_d": adv_d, "adv_g": adv_g, "aux_d": aux_d, "aux_g": aux_g,
-               "r1": r1, "concavity": concave, "bound_excess": excess, "pair_d": pair_d, "pair_g": pair_g, "spread_g": spread_g, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
+               "r1": r1, "concavity": concave, "bound_excess": excess, "pair_d": pair_d, "pair_g": pair_g, "spread_g": spread_g, "match_g": match_g, **{f"d_real_{k}": v.mean() for k, v in s_r.items()},
                **{f"d_fake_{k}": v.mean() for k, v in s_f.items()}, **acc}
         return {k: v.detach().float() for k, v in out.items()}  # tensors: no device sync until they are logged
 
