@@ -502,7 +502,6 @@ class PairDiscriminator(nn.Module):
 
 
 SPREAD_NOISES = 8  # noises per prompt whose start centres the spread term compares with real clips'
-MATCH_NOISES = 8  # noises per prompt whose centre tracks the track match compares with real clips'
 SPREAD_SCALE = 0.1  # canvas units^2: a per-axis variance gap of this size costs 1 (real: 0.01-0.34 by motion and axis)
 
 
@@ -521,11 +520,10 @@ class MotionStats(nn.Module):
     @torch.no_grad()
     def update(self, values: torch.Tensor, motion: torch.Tensor) -> None:
         """Add a batch: values (B, dims) of real clips, motion (B,); on N ranks, the union of their batches."""
-        s = values.to(self.total.dtype)
-        batch = torch.zeros(self.count.shape[0], 1 + 2 * s.shape[1], dtype=self.total.dtype, device=self.total.device)
-        batch.index_add_(0, motion, torch.cat([torch.ones_like(s[:, :1]), s, s.pow(2)], 1))  # (M, 1 + 2 dims)
+        s, k = values.to(self.total.dtype), values.shape[1]
+        batch = torch.zeros(self.count.shape[0], 1 + 2 * k, dtype=self.total.dtype, device=self.total.device)
+        batch.index_add_(0, motion, torch.cat([torch.ones_like(s[:, :1]), s, s.pow(2)], 1))  # (M, 1 + 2k)
         distributed.sum_over_ranks(batch)
-        k = s.shape[1]
         self.count += batch[:, 0]
         self.total += batch[:, 1:1 + k]
         self.squares += batch[:, 1 + k:]
@@ -555,6 +553,7 @@ def spread_gap(fake: torch.Tensor, var_real: torch.Tensor, has: torch.Tensor) ->
 
 
 TRACK_STATS = 13  # track_stats values per clip
+MATCH_NOISES = 8  # noises per prompt whose centre tracks the track match compares with real clips'
 MATCH_SCALE = 0.05  # canvas units (1.6 px at 64): a gap of this size in one track statistic costs 1
 
 
