@@ -84,6 +84,12 @@ class TrainConfig:
     # the contract's 10-16% of the side off noise dim 4 (which the pose MLP does not see, so cannot undo the draw), the
     # learned contour scaled to circumradius 1, one fill per colour word. Off: on three seeds it met the Fréchet target
     # (30-44 against 54-82) but lost a motion on two (README, design note)
+    reflect_walls: bool = False  # video: the sprite's centre may be its pre-bound path folded between the renderer's
+    # walls (a circumradius and 1.5 px in from the edge with sprite_prior, else 0.85 of the half-side) as a ball
+    # bounces, on one axis at most, instead of squashed into them, by a gate learned per motion: a straight path is
+    # then a bounce with a sharp reflection at steady speed, which the tanh bounds can only round off. Off: with
+    # sprite_prior and the track match seed 1 bounced vertically for the first time, but the orbits took the fold
+    # too and lost their shape (README, design note)
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
@@ -163,7 +169,8 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
 def validate(cfg: TrainConfig) -> None:
     """Reject bad values before any work, naming the field and what is valid."""
     models.text_encoder(cfg.model, cfg.text_encoder)  # unknown model or encoder -> ValueError naming the valid ones
-    models.check_switches(cfg.model, {"stabilize": cfg.stabilize, "sprite_prior": cfg.sprite_prior})
+    models.check_switches(cfg.model, {"stabilize": cfg.stabilize, "sprite_prior": cfg.sprite_prior,
+                                      "reflect_walls": cfg.reflect_walls})
     for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
                  "width", "frame_samples", "r1_every", "world_size"):
         if getattr(cfg, name) <= 0:
@@ -254,7 +261,8 @@ def generator_spec(cfg: TrainConfig, frames: int, size: int) -> models.Generator
     """The spec a training of `cfg` on clips of (frames, size) builds and exports its generator from."""
     return models.GeneratorSpec(cfg.model, frames, size, cfg.z_dim, cfg.text_dim,
                                 text_encoder=models.text_encoder(cfg.model, cfg.text_encoder), anchor=cfg.anchor,
-                                shift=cfg.shift, symmetric=cfg.sample_symmetry, sprite_prior=cfg.sprite_prior)
+                                shift=cfg.shift, symmetric=cfg.sample_symmetry, sprite_prior=cfg.sprite_prior,
+                                reflect_walls=cfg.reflect_walls)
 
 
 def config_key(cfg: TrainConfig) -> str:

@@ -13,7 +13,7 @@ from t2v import models, vocab
 from t2v.models import GeneratorSpec, build_generator
 from t2v.loader import dataset_info, make_loader, train_shards
 from t2v.sampler import load_generator
-from t2v.config import PROFILES, TrainConfig, config_for
+from t2v.config import PROFILES, TrainConfig, config_for, generator_spec
 from t2v.train import TrainHooks, train
 
 FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer
@@ -197,6 +197,23 @@ def test_moment_terms_enter_the_generator_loss_only_when_switched_on(data: Path,
     assert not torch.equal(got[0.0]["rng"], got[1.0]["rng"])  # the term's noises come from the seeded stream
     with pytest.raises(ValueError, match=weight):
         config_for("cpu-demo", **{weight: -1})
+
+
+def test_reflect_walls_gate_learns_in_the_generator_step_and_ships_in_the_export(data: Path, tmp_path: Path) -> None:
+    """reflect_walls with the sprite prior: a G step moves the per-motion gate (the critics' gradient reaches it
+    through both forms of the centre), and a run's export rebuilds the gate with its trained weights."""
+    from t2v.models import video
+
+    cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, sprite_prior=True, reflect_walls=True,
+                     **TINY)
+    m = video.build(cfg, generator_spec(cfg, 8, 32), torch.device("cpu"))
+    before = m.generator.reflect.weight.detach().clone()
+    batch = next(iter(make_loader(data, cfg.batch_size, num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=0)))
+    video.step(cfg, m, torch.device("cpu"))(batch)
+    assert not torch.equal(m.generator.reflect.weight, before)
+    result = train(cfg, data, tmp_path / "run")
+    shipped = load_generator(result.export_dir).generator
+    assert shipped.reflect is not None and not torch.equal(shipped.reflect.weight, before)
 
 
 class Stop(Exception):
