@@ -84,12 +84,11 @@ class TrainConfig:
     # the contract's 10-16% of the side off noise dim 4 (which the pose MLP does not see, so cannot undo the draw), the
     # learned contour scaled to circumradius 1, one fill per colour word. Off: on three seeds it met the Fréchet target
     # (30-44 against 54-82) but lost a motion on two (README, design note)
-    reflect_walls: bool = False  # video: the sprite's centre may be its pre-bound path folded between the renderer's
-    # walls (a circumradius and 1.5 px in from the edge with sprite_prior, else 0.85 of the half-side) as a ball
-    # bounces, on one axis at most, instead of squashed into them, by a gate learned per motion: a straight path is
-    # then a bounce with a sharp reflection at steady speed, which the tanh bounds can only round off. Off: with
-    # sprite_prior and the track match seed 1 bounced vertically for the first time, but the orbits took the fold
-    # too and lost their shape (README, design note)
+    wall_bounds: bool = False  # video: the sprite's centre is its pre-bound path itself to 0.95 of the way to the
+    # renderer's walls (a circumradius and 1.5 px in from the edge with sprite_prior, else 0.85 of the half-side),
+    # then squashed into them, instead of 0.85 tanh, which bends every path long before the edge and rounds a
+    # bounce's reflection off. Off: with sprite_prior and the track match every seed bounced vertically
+    # and seed 1 met every target, but seeds 0 and 2 lost the orbits (README, design note)
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster
@@ -170,7 +169,7 @@ def validate(cfg: TrainConfig) -> None:
     """Reject bad values before any work, naming the field and what is valid."""
     models.text_encoder(cfg.model, cfg.text_encoder)  # unknown model or encoder -> ValueError naming the valid ones
     models.check_switches(cfg.model, {"stabilize": cfg.stabilize, "sprite_prior": cfg.sprite_prior,
-                                      "reflect_walls": cfg.reflect_walls})
+                                      "wall_bounds": cfg.wall_bounds})
     for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "sample_every", "z_dim", "text_dim",
                  "width", "frame_samples", "r1_every", "world_size"):
         if getattr(cfg, name) <= 0:
@@ -262,7 +261,7 @@ def generator_spec(cfg: TrainConfig, frames: int, size: int) -> models.Generator
     return models.GeneratorSpec(cfg.model, frames, size, cfg.z_dim, cfg.text_dim,
                                 text_encoder=models.text_encoder(cfg.model, cfg.text_encoder), anchor=cfg.anchor,
                                 shift=cfg.shift, symmetric=cfg.sample_symmetry, sprite_prior=cfg.sprite_prior,
-                                reflect_walls=cfg.reflect_walls)
+                                wall_bounds=cfg.wall_bounds)
 
 
 def config_key(cfg: TrainConfig) -> str:

@@ -246,21 +246,15 @@ def test_sprite_prior_draws_the_vocabularys_size_per_clip_and_one_fill_per_colou
         config_for("cpu-demo", model="baseline", sprite_prior=True)
 
 
-def test_reflect_walls_fold_a_straight_path_into_a_bounce_off_the_renderers_walls(tmp_path) -> None:
-    """reflect_walls: the centre is the pre-bound path folded between the renderer's walls at +-(1 - circumradius
-    - 1.5 px), as a ball bounces (slope 1 everywhere, so nothing saturates), or squashed into them, mixed by a
-    gate learned per motion code that folds one axis at most; both are the path itself to 0.95 of the way.
-    One straight ramp of the pose is a clip the judge calls a vertical bounce with y's gate at 1, and a move down
-    with no axis folded. Each form's bound penalty starts where it flattens (a folded axis one reflection out) and
-    does not move the gate; the spec round-trips, old exports load without it, and only video takes the switch."""
+def test_wall_bounds_keep_the_path_itself_to_the_renderers_walls_and_stop_it_there(tmp_path) -> None:
+    """wall_bounds: the centre is the pre-bound path itself to 0.95 of the way to the renderer's walls at
+    +-(1 - circumradius - 1.5 px), then squashed into them, so a bounce's reflection at a wall stays sharp (the
+    judge calls it one) and a path past a wall stops there; the tanh bounds instead reach 0.85 of the half-side,
+    past those walls. No weights of its own; the bound penalty starts where the squash is as flat as tanh at
+    KNEE; the spec round-trips, old exports load without it, and only video takes the switch."""
     from t2v import judge, render
-    from t2v.models.video import SQUASH_KNEE, SQUASH_LINEAR, fold, squash
+    from t2v.models.video import SQUASH_KNEE, SQUASH_LINEAR, squash
 
-    u = torch.tensor([-0.7, 0.0, 0.9, 1.25, 2.0, 3.5, -1.5, -2.9, 5.2], requires_grad=True)
-    f = fold(u)
-    assert torch.allclose(f, torch.tensor([-0.7, 0.0, 0.9, 0.75, 0.0, -0.5, -0.5, 0.9, 0.8]))
-    f.sum().backward()
-    assert torch.equal(u.grad.abs(), torch.ones_like(u))  # no flat stretch: every overshoot has a gradient
     v = torch.tensor([-0.5, 0.0, SQUASH_LINEAR, 1.0, 1.3, 4.0, -4.0])
     assert torch.equal(squash(v)[:3], v[:3])  # the identity up to SQUASH_LINEAR, then into the wall, never past it
     assert bool((squash(v)[3:5] > SQUASH_LINEAR).all() and (squash(v)[3:].abs() <= 1).all() and squash(v)[5] > 0.999)
@@ -269,70 +263,71 @@ def test_reflect_walls_fold_a_straight_path_into_a_bounce_off_the_renderers_wall
     torch.manual_seed(0)
     plain = LayeredGenerator(frames, side, z_dim=8, text_dim=16, sprite_prior=True)
     torch.manual_seed(0)
-    g = LayeredGenerator(frames, side, z_dim=8, text_dim=16, sprite_prior=True, reflect_walls=True)
+    g = LayeredGenerator(frames, side, z_dim=8, text_dim=16, sprite_prior=True, wall_bounds=True)
+    assert set(g.state_dict()) == set(plain.state_dict())  # no weights of its own, every weight as without it
     assert all(torch.equal(v, g.state_dict()[k]) for k, v in plain.state_dict().items())
-    assert plain.reflect is None and set(g.state_dict()) - set(plain.state_dict()) == {"reflect.weight", "reflect.bias"}
     codes = torch.randn(1, 3, 16)
     z = torch.zeros(1, 8)
     z[0, 4] = 0.7  # a circumradius above the middle of the range
     lo, hi = render.RADIUS_RANGE
     wall = 1 - 2 * (lo + (hi - lo) * 0.5 * (1 + math.erf(0.7 / math.sqrt(2)))) - 3 / side
-    ramp = (torch.arange(frames) - 4) / 7.5  # straight down from above the middle, past the wall (1) at frame 11.5
-    clips, labels = {}, {}
+    t = torch.arange(frames)
+    paths = {"bouncing vertically": 1 - (t - 11.5).abs() / 7.5,  # down to the wall (between frames 11 and 12), back
+             "moving down": (t - 4) / 7.5}  # the same speed straight on, past the wall from frame 11.5
     with torch.no_grad():
-        for lin in (g.pose[-1], g.direct, g.velocity, g.fill[-1]):
-            lin.weight.zero_()
-            lin.bias.zero_()
-        g.fill[-1].bias.copy_(torch.tensor([3.0, -3.0, -3.0]))  # red
+        for m in (g, plain):
+            for lin in (m.pose[-1], m.direct, m.velocity, m.fill[-1]):
+                lin.weight.zero_()
+                lin.bias.zero_()
+            m.fill[-1].bias.copy_(torch.tensor([3.0, -3.0, -3.0]))  # red
+            m.direct.bias.view(frames, 4)[:, 0] = 0.3  # a column right of the middle
         pose = g.direct.bias.view(frames, 4)
-        pose[:, 0] = 0.3  # a column right of the middle
-        pose[:, 1] = wall * ramp
-        stop = wall * squash(ramp)  # into the wall
-        third = g.layers(z, codes)
-        assert torch.allclose(third.cy[0], (wall * fold(ramp) + 2 * stop) / 3, atol=1e-6)  # at init
-        for axis in (2, 0):  # the gate read off the motion code (x GATE_GAIN 8): softmax of 32 against 0 is 1 to 1e-14
-            g.reflect.weight.zero_()
-            g.reflect.weight[axis, 0] = 4.0 / codes[0, 2, 0]
+        for label, path in paths.items():
+            pose[:, 1] = wall * path
             layers = g.layers(z, codes)
-            clips[axis == 2] = layers
+            assert torch.allclose(layers.cx[0], torch.full((frames,), 0.3), atol=1e-6)  # inside: the path itself
             video = ((g.render(layers)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            labels[axis == 2] = judge.judge(video.numpy()).motion
-        g.reflect.bias.zero_()
-        g.reflect.weight[:, 0] = torch.tensor([-9.0, 9.0, 9.0]) / codes[0, 2, 0]  # both axes asked to fold
-        both = g.layers(z, codes)  # at most half each: one folded axis is a bounce, two a billiard's diamond
-        assert torch.allclose(both.cy[0], (wall * fold(ramp) + stop) / 2, atol=1e-6)
-    for axis, u, free in ((2, 2.8 * wall, True), (2, 3.3 * wall, False), (0, (SQUASH_KNEE - 0.05) * wall, True),
-                          (0, (SQUASH_KNEE + 0.2) * wall, False)):
-        with torch.no_grad():  # the bound penalty: a folded axis is free to one reflection out, a squashed one to
-            g.reflect.weight.zero_()  # where the squash is as flat as the tanh bounds at KNEE
-            g.reflect.weight[axis, 0] = 4.0 / codes[0, 2, 0]
+            assert judge.judge(video.numpy()).motion == label
+            if label == "moving down":
+                stop = layers.cy[0]
+                assert torch.allclose(stop, wall * squash(path), atol=1e-6) and float(stop.max()) <= wall
+                assert torch.allclose(stop[:12], wall * path[:12], atol=1e-6)  # alike until it nears the wall
+            else:
+                assert torch.allclose(layers.cy[0], wall * path, atol=1e-6)  # out and back at the same speed
+        pose[:, 1] = 5.0  # far past the bottom wall: stopped there, where the tanh bound goes past it
+        plain.direct.bias.view(frames, 4)[:, 1] = 5.0
+        assert float(g.layers(z, codes).cy.max()) <= wall < 0.84 < float(plain.layers(z, codes).cy.min())
+    for u, free in (((SQUASH_KNEE - 0.05) * wall, True), ((SQUASH_KNEE + 0.2) * wall, False)):
+        with torch.no_grad():  # the bound penalty starts where the squash is as flat as the tanh bounds at KNEE
             pose[:, 1] = u
         g.zero_grad()
         excess = g.layers(z, codes).excess
-        assert (excess == 0) == free, (axis, u)
+        assert (excess == 0) == free, u
         if not free:
             excess.backward()
-            assert g.direct.bias.grad.any() and g.reflect.weight.grad is None  # nor pulls the gate to the laxer form
-    cy = clips[True].cy[0]
-    assert torch.allclose(cy, wall * fold(ramp), atol=1e-6)
-    assert torch.allclose(cy[8:12], cy[12:].flip(0), atol=1e-6)  # out to the wall and back at the same speed
-    assert torch.allclose(clips[False].cy[0], stop, atol=1e-6)  # slowing to a stop at the wall, never past it
-    assert torch.allclose(stop[:12], wall * ramp[:12], atol=1e-6) and stop.max() <= wall  # alike inside the walls
-    for c in clips.values():
-        assert torch.allclose(c.cx, torch.full_like(c.cx, 0.3), atol=1e-6)  # inside the walls: the path itself
-    assert labels == {True: "bouncing vertically", False: "moving down"}, labels
-    spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16, sprite_prior=True, reflect_walls=True)
+            assert g.direct.bias.grad.view(frames, 4)[:, 1].gt(0).all()  # descent pulls it back inside
+    unbounded = LayeredGenerator(frames, side, z_dim=8, text_dim=16, wall_bounds=True)  # no prior: tanh's 0.85
+    with torch.no_grad():
+        for lin in (unbounded.pose[-1], unbounded.direct, unbounded.velocity):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        unbounded.direct.bias.view(frames, 4)[:, 1] = 0.6 * t / frames  # 0.6 of the half-side at most
+        assert torch.allclose(unbounded.layers(z, codes).cy[0], 0.6 * t / frames, atol=1e-6)
+    spec = GeneratorSpec("video", T, S, z_dim=8, text_dim=16, sprite_prior=True, wall_bounds=True)
     g2, te = build_generator(spec)
-    assert load_generator(export_generator(g2, te, spec, tmp_path / "export")).generator.reflect is not None
+    assert load_generator(export_generator(g2, te, spec, tmp_path / "export")).generator.wall_bounds
     old = spec.to_dict()
-    del old["reflect_walls"]  # a config.json written before the option
-    assert build_generator(GeneratorSpec.from_dict(old))[0].reflect is None
+    del old["wall_bounds"]  # a config.json written before the option
+    assert not build_generator(GeneratorSpec.from_dict(old))[0].wall_bounds
+    assert not GeneratorSpec.from_dict({**old, "reflect_walls": False}).wall_bounds  # the switch it replaced, off
+    with pytest.raises(ValueError, match=r"reflect_walls=true.*wall_bounds.*retrain"):
+        GeneratorSpec.from_dict({**old, "reflect_walls": True})
     from t2v.config import config_for, generator_spec
 
-    assert not generator_spec(config_for("cpu-demo"), T, S).reflect_walls  # off by default (README)
-    assert generator_spec(config_for("cpu-demo", reflect_walls="true"), T, S).reflect_walls
-    with pytest.raises(ValueError, match=r"reflect_walls.*video"):
-        config_for("cpu-demo", model="rnn", reflect_walls=True)
+    assert not generator_spec(config_for("cpu-demo"), T, S).wall_bounds  # off by default (README)
+    assert generator_spec(config_for("cpu-demo", wall_bounds="true"), T, S).wall_bounds
+    with pytest.raises(ValueError, match=r"wall_bounds.*video"):
+        config_for("cpu-demo", model="rnn", wall_bounds=True)
 
 
 def test_concavity_prior_spares_polygons_and_penalises_stars() -> None:

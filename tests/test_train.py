@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -199,21 +200,14 @@ def test_moment_terms_enter_the_generator_loss_only_when_switched_on(data: Path,
         config_for("cpu-demo", **{weight: -1})
 
 
-def test_reflect_walls_gate_learns_in_the_generator_step_and_ships_in_the_export(data: Path, tmp_path: Path) -> None:
-    """reflect_walls with the sprite prior: a G step moves the per-motion gate (the critics' gradient reaches it
-    through both forms of the centre), and a run's export rebuilds the gate with its trained weights."""
-    from t2v.models import video
-
-    cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, sprite_prior=True, reflect_walls=True,
+def test_wall_bounds_train_and_ship_in_the_export(data: Path, tmp_path: Path) -> None:
+    """wall_bounds with the sprite prior: a run trains with them and its export rebuilds the generator with them,
+    so the sampler draws what training did."""
+    cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, sprite_prior=True, wall_bounds=True,
                      **TINY)
-    m = video.build(cfg, generator_spec(cfg, 8, 32), torch.device("cpu"))
-    before = m.generator.reflect.weight.detach().clone()
-    batch = next(iter(make_loader(data, cfg.batch_size, num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=0)))
-    video.step(cfg, m, torch.device("cpu"))(batch)
-    assert not torch.equal(m.generator.reflect.weight, before)
     result = train(cfg, data, tmp_path / "run")
-    shipped = load_generator(result.export_dir).generator
-    assert shipped.reflect is not None and not torch.equal(shipped.reflect.weight, before)
+    assert json.loads((result.export_dir / "config.json").read_text())["wall_bounds"] is True
+    assert load_generator(result.export_dir).generator.wall_bounds
 
 
 class Stop(Exception):

@@ -123,7 +123,7 @@ class GeneratorSpec:
     shift: float = 0.0  # video: initial spread of the per-clip time shift, x 8 frames (0 = none, as before)
     symmetric: bool = False  # the sampler draws each clip as one of its prompt's canvas symmetries (False = none, as before)
     sprite_prior: bool = False  # video: size drawn per clip in the vocabulary's range, one fill per colour (False = as before)
-    reflect_walls: bool = False  # video: the centre folded between the renderer's walls (False = tanh bounds, as before)
+    wall_bounds: bool = False  # video: the centre squashed into the renderer's walls (False = tanh bounds, as before)
 
     @property
     def n_vocab(self) -> int:
@@ -138,6 +138,9 @@ class GeneratorSpec:
     def from_dict(cls, d: dict) -> "GeneratorSpec":
         d = dict(d)
         d["words"] = tuple(d["words"])
+        if d.pop("reflect_walls", False):  # exports of 2026-12-07's first switch, whose gate no code builds now
+            raise ValueError("this export was trained with reflect_walls=true, a switch since replaced by "
+                             "wall_bounds; retrain it (reflect_walls=false exports load as they are)")
         return cls(**d)
 
 
@@ -156,7 +159,7 @@ def count_parameters(module: Any) -> int:
 # elsewhere in its cycle (time shift): the held-out FD of three seeds 62-67 instead of 88-115; and its sampler
 # draws each clip as one of the prompt's canvas symmetries: the real start spread, FD 31-76 instead of 50-101 (README).
 # Its sprite prior is a switch, off: the Fréchet target met on three seeds, a motion lost on two (README, design note)
-register_family("video", "t2v.models.video", text_encoders=("slots", "transformer"), switches=("sprite_prior", "reflect_walls"),
+register_family("video", "t2v.models.video", text_encoders=("slots", "transformer"), switches=("sprite_prior", "wall_bounds"),
                 config_defaults={"anchor": 0.3, "lr_decay": 0.5, "shift": 0.3, "sample_symmetry": True})
 # The tutorial's optimiser and batch; it ships its last generator (no selection, which would also spend
 # ~8 s a time judging its noise), and its prompts keep their colour words as the tutorial's do.

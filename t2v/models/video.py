@@ -12,10 +12,8 @@ video generator -- a content/motion split, composited like a layered GAN:
             + (x, y) anchor: softplus(Linear(motion code)) * erf(z[:2] / sqrt 2)   (anchor > 0: where it starts)
             read at frames t + softplus(Linear(motion code)) * 8 * erf(z[3] / sqrt 2) of a padded timeline
                                                                        (shift > 0: where in its cycle)
-  centre  = 0.85 * tanh(pose x, y); reflect walls (reflect_walls, off by default): wall * (g fold(p / wall)
-            + (1 - g) squash(p / wall)), p = pose x, y, (g_none, g_x, g_y) = softmax(Linear(motion code)): the path
-            folded between the renderer's walls as a ball bounces (a triangle wave of slope 1) on one axis at most,
-            or stopped at them, as each motion needs
+  centre  = 0.85 * tanh(pose x, y); wall bounds (wall_bounds, off by default): wall * squash(pose x, y / wall),
+            the path itself to 0.95 of the way to the renderer's walls, then tanh into them
   frame_t = white * (1 - a_t) + fill * a_t,  a_t = anti-aliased inside of the posed contour
 The sprite is a learned star-shaped contour (log-radius as a Fourier series in the polar angle)
 rasterised analytically: no texture to fill with speckle, always one solid anti-aliased shape, so
@@ -82,16 +80,11 @@ SHIFT_PAD = 8  # frames of timeline before and after a clip that a time shift ca
 # more. Past KNEE (tanh' = 0.027; healthy runs' EMA weights stay within 1.7, their raw G overshoots in its
 # first steps too) a penalty pulls the argument back (README).
 KNEE = 2.5
-# reflect_walls: the centre is partly the pre-bound path folded between walls (a ball bouncing elastically), so
-# its arguments may reach one reflection's worth past a wall (the far wall's image at 3) before the penalty
-REFLECT_KNEE = 3.0
-# reflect_walls' squash, where a path stops at a wall instead: the identity to 0.95 of the way (orbits run out to the
-# walls; with a squash that bent them from 0.8 of the way the gate folded them: README trial table), then tanh
-# into it; its bound penalty where its slope is tanh's at KNEE
+# wall_bounds' squash: the identity to 0.95 of the way to the walls (orbits and bounces run out to them; one
+# that bent paths from 0.8 of the way lost the orbits: README trial table), then tanh into them; its bound penalty
+# where its slope is tanh's at KNEE
 SQUASH_LINEAR = 0.95
 SQUASH_KNEE = SQUASH_LINEAR + KNEE * (1.0 - SQUASH_LINEAR)
-GATE_GAIN = 8.0  # on the reflect gate's logits: Adam moves a weight ~lr a step, so 1,800 steps could not otherwise
-# take a gate from a third to a clear bounce (0.95) or stop (0.05)
 BOUND_WEIGHT = 1.0  # on the mean squared overshoot past KNEE; exactly 0, so no gradient at all, inside it
 
 
@@ -141,16 +134,10 @@ def uniform_noise(z: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return torch.erf(z[:, lo:hi].float() / math.sqrt(2.0))
 
 
-def fold(u: torch.Tensor) -> torch.Tensor:
-    """A path u folded between walls at -1 and 1 as a ball bounces off them: the identity inside, a mirror past
-    each wall, slope +-1 everywhere (a triangle wave of period 4), so a straight path in u is a straight move or
-    a bounce at steady speed with a sharp reflection, and no overshoot ever saturates. (...) -> (...) in [-1, 1]"""
-    return 1.0 - ((u + 1.0).remainder(4.0) - 2.0).abs()
-
-
 def squash(u: torch.Tensor) -> torch.Tensor:
     """A path u squashed into walls at -1 and 1: the identity to SQUASH_LINEAR, then tanh, so a path that overshoots
-    slows to a stop, and one that stays inside (an orbit) is not bent. (...) -> (...) in [-1, 1]"""
+    slows to a stop, and one that stays inside (an orbit, a bounce's sharp turn) is not bent. (...) -> (...) in
+    [-1, 1]"""
     a, k = u.abs(), SQUASH_LINEAR
     return torch.where(a <= k, u, u.sign() * (k + (1.0 - k) * torch.tanh((a - k) / (1.0 - k))))
 
@@ -198,10 +185,11 @@ class LayeredGenerator(nn.Module):
     noise (B, z), codes (B, 3, D) -> clip (B, 3, T, H, W) in [-1, 1]"""
 
     def __init__(self, frames: int, size: int, z_dim: int = 32, text_dim: int = 64, hidden: int = 256,
-                 anchor: float = 0.0, shift: float = 0.0, sprite_prior: bool = False, reflect_walls: bool = False
+                 anchor: float = 0.0, shift: float = 0.0, sprite_prior: bool = False, wall_bounds: bool = False
                  ) -> None:
         super().__init__()
         self.frames, self.size, self.z_dim, self.sprite_prior = frames, size, z_dim, sprite_prior
+        self.wall_bounds = wall_bounds  # no weights of its own: a different bound on the same pose
         # per-clip placement read straight off two noise dims: the path's offset is u * spread(motion code),
         # u uniform in (-1, 1)^2, so every sample of a prompt starts elsewhere unless the critics shrink the spread
         self.anchor = nn.Linear(text_dim, 2) if anchor > 0 else None
@@ -238,14 +226,6 @@ class LayeredGenerator(nn.Module):
             self.direct_pad = nn.Linear(hidden, 2 * SHIFT_PAD * 4)
             nn.init.zeros_(self.direct_pad.weight)
             nn.init.zeros_(self.direct_pad.bias)
-        # reflect_walls: per motion code, how much of the centre is the path folded between the walls (a bounce)
-        # rather than squashed into them (a move that stops at a wall), on one axis at most: a softmax over no
-        # axis, x and y (a third each at init; the critics choose), since a path folded on both reads as a
-        # billiard diamond, which an orbit took to. Built last, so every other weight starts as without it
-        self.reflect = nn.Linear(text_dim, 3) if reflect_walls else None
-        if self.reflect is not None:
-            nn.init.zeros_(self.reflect.weight)
-            nn.init.zeros_(self.reflect.bias)
 
     def sample_noise(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.z_dim, generator=gen)
@@ -281,23 +261,15 @@ class LayeredGenerator(nn.Module):
             u = (uniform_noise(z, SIZE_NOISE_DIM, SIZE_NOISE_DIM + 1) + 1.0) / 2.0  # (B, 1) in (0, 1)
             radius = 2.0 * (lo + (hi - lo) * u)
         scale = radius * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE))
-        if self.reflect is None:
+        if not self.wall_bounds:
             return Layers(fill, contour, outline, POSE_RANGE * torch.tanh(pose[..., 0]),
                           POSE_RANGE * torch.tanh(pose[..., 1]), scale, pose[..., 3] * math.pi,
                           F.relu(args.abs() - KNEE).pow(2).mean())
         # the renderer's walls: the centre stays a circumradius and the 1.5-px anti-aliasing ramp from the edge
-        wall = 1.0 - radius - 3.0 / self.size if self.sprite_prior else POSE_RANGE  # (B, 1) or a float
-        gate = torch.softmax(GATE_GAIN * self.reflect(c_mot).float(), 1)  # (B, 3) share of: no fold, fold x, fold y
-        g = gate[:, 1:].unsqueeze(1)  # (B, 1, 2) per axis, 1: bounce off the walls, 0: stop at them
-        u = pose[..., :2]  # (B, T, 2)
-        reach = wall.unsqueeze(-1) if torch.is_tensor(wall) else wall  # (B, 1, 1) or a float
-        # both forms are the path itself (canvas units) to SQUASH_LINEAR of the way to the walls, so the gate decides
-        # what a path does at them: reflect, or stop
-        w = u / reach  # (B, T, 2) in walls
-        centre = reach * (g * fold(w) + (1.0 - g) * squash(w))
-        gd = g.detach()  # each form's overshoot past its own knee; no pull on the gate towards the laxer one
-        over = torch.cat([gd * F.relu(w.abs() - REFLECT_KNEE).pow(2) + (1.0 - gd) * F.relu(w.abs() - SQUASH_KNEE).pow(2),
-                          F.relu(args[..., 2:].abs() - KNEE).pow(2)], -1)  # (B, T, 3)
+        wall = (1.0 - radius - 3.0 / self.size).unsqueeze(-1) if self.sprite_prior else POSE_RANGE  # (B, 1, 1) or a float
+        w = pose[..., :2] / wall  # (B, T, 2) in walls
+        centre = wall * squash(w)  # the path itself almost to the wall, so a reflection there stays sharp
+        over = torch.cat([F.relu(w.abs() - SQUASH_KNEE).pow(2), F.relu(args[..., 2:].abs() - KNEE).pow(2)], -1)  # (B, T, 3)
         return Layers(fill, contour, outline, centre[..., 0], centre[..., 1], scale, pose[..., 3] * math.pi, over.mean())
 
     def shifted_pose(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -703,7 +675,7 @@ class VideoDiscriminators(nn.Module):
 
 def build_generator(spec: GeneratorSpec) -> tuple[nn.Module, nn.Module]:
     return (LayeredGenerator(spec.frames, spec.size, spec.z_dim, spec.text_dim, anchor=spec.anchor, shift=spec.shift,
-                             sprite_prior=spec.sprite_prior, reflect_walls=spec.reflect_walls),
+                             sprite_prior=spec.sprite_prior, wall_bounds=spec.wall_bounds),
             spec_text_encoder(spec, slots=3))
 
 
