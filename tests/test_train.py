@@ -14,7 +14,7 @@ from t2v import models, vocab
 from t2v.models import GeneratorSpec, build_generator
 from t2v.loader import dataset_info, make_loader, train_shards
 from t2v.sampler import load_generator
-from t2v.config import PROFILES, TrainConfig, config_for, generator_spec
+from t2v.config import PROFILES, TrainConfig, config_for
 from t2v.train import TrainHooks, train
 
 FAMILIES = models.names()  # every registered family: video, baseline, conv3d, rnn, transformer

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.profiler import record_function
 
-from t2v import distributed, render, text, vocab
+from t2v import distributed, motions, render, text, vocab
 from t2v.config import TrainConfig
 from t2v.loader import to_model
 from t2v.models import SIZE_NOISE_DIM, GeneratorSpec
@@ -254,7 +254,6 @@ class LayeredGenerator(nn.Module):
             u = uniform_noise(z, 0, 2)  # (B, 2)
             offset = F.softplus(self.anchor(c_mot)) * u  # (B, 2) pre-bound units
             pose = torch.cat([pose[..., :2] + offset.unsqueeze(1), pose[..., 2:]], -1)
-        args = torch.stack([pose[..., 0], pose[..., 1], pose[..., 2] / SCALE_RANGE], -1)  # (B, T, 3) the tanh arguments
         radius: torch.Tensor | float = RADIUS
         if self.sprite_prior:  # the vocabulary's circumradius range, uniform per clip as the renderer draws it (canvas units)
             lo, hi = render.RADIUS_RANGE
@@ -262,14 +261,16 @@ class LayeredGenerator(nn.Module):
             radius = 2.0 * (lo + (hi - lo) * u)
         scale = radius * torch.exp(SCALE_RANGE * torch.tanh(pose[..., 2] / SCALE_RANGE))
         if not self.wall_bounds:
+            args = torch.stack([pose[..., 0], pose[..., 1], pose[..., 2] / SCALE_RANGE], -1)  # (B, T, 3) the tanh arguments
             return Layers(fill, contour, outline, POSE_RANGE * torch.tanh(pose[..., 0]),
                           POSE_RANGE * torch.tanh(pose[..., 1]), scale, pose[..., 3] * math.pi,
                           F.relu(args.abs() - KNEE).pow(2).mean())
-        # the renderer's walls: the centre stays a circumradius and the 1.5-px anti-aliasing ramp from the edge
-        wall = (1.0 - radius - 3.0 / self.size).unsqueeze(-1) if self.sprite_prior else POSE_RANGE  # (B, 1, 1) or a float
+        # the renderer's walls: the centre stays a circumradius and its anti-aliasing margin from the edge
+        margin = 2.0 * motions._margin(0.0) / self.size  # canvas units, read off the renderer's motions, not copied
+        wall = (1.0 - radius - margin).unsqueeze(-1) if self.sprite_prior else POSE_RANGE  # (B, 1, 1) or a float
         w = pose[..., :2] / wall  # (B, T, 2) in walls
         centre = wall * squash(w)  # the path itself almost to the wall, so a reflection there stays sharp
-        over = torch.cat([F.relu(w.abs() - SQUASH_KNEE).pow(2), F.relu(args[..., 2:].abs() - KNEE).pow(2)], -1)  # (B, T, 3)
+        over = torch.cat([F.relu(w.abs() - SQUASH_KNEE).pow(2), F.relu((pose[..., 2:3] / SCALE_RANGE).abs() - KNEE).pow(2)], -1)  # (B, T, 3)
         return Layers(fill, contour, outline, centre[..., 0], centre[..., 1], scale, pose[..., 3] * math.pi, over.mean())
 
     def shifted_pose(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
