@@ -63,9 +63,9 @@ class TrainConfig:
     # the real clips' of its motion (moment matching, no critic); off: it widens the spread to 0.8x real and lowers the
     # FD, but costs motions (README, design note)
     match_weight: float = 0.0  # video: pull the mean statistics of the centre track (per-axis speed, turning, net travel,
-    # range; speed wander, orbit rate, distance from the centre) over 8 noises of each prompt to the real clips' of its
-    # motion (moment matching, no critic); off: with sprite_prior at 0.02 the Fréchet target held on three seeds, a
-    # motion did not on two, at about a fifth more time per step (README, design note)
+    # range; speed wander, orbit rate, distance from the centre and its range) over 8 noises of each prompt to the real
+    # clips' of its motion (moment matching, no critic); off: with sprite_prior and wall_bounds at 0.02 every target
+    # held on seeds 1 and 2 and all but one orbit on seed 0, at about a fifth more time per step (README, design note)
     convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"
@@ -87,8 +87,8 @@ class TrainConfig:
     wall_bounds: bool = False  # video: the sprite's centre is its pre-bound path itself to 0.95 of the way to the
     # renderer's walls (a circumradius and 1.5 px in from the edge with sprite_prior, else 0.85 of the half-side),
     # then squashed into them, instead of 0.85 tanh, which bends every path long before the edge and rounds a
-    # bounce's reflection off. Off: with sprite_prior and the track match every seed bounced vertically
-    # and seed 1 met every target, but seeds 0 and 2 lost the orbits (README, design note)
+    # bounce's reflection off. Off: with sprite_prior and the track match every seed bounced vertically, and
+    # seeds 1 and 2 met every target, seed 0 all but its held-out counter-clockwise orbits (README, design note)
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster

@@ -12,7 +12,7 @@ import torch.nn as nn
 from t2v import models, text, vocab
 from t2v.models import GeneratorSpec, build_generator, count_parameters
 from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
-from t2v.models.video import (ANGLES, HARMONICS, POSE_RANGE, RADIUS, SCALE_RANGE, TRACK_PER_FRAME, TRACK_PER_STEP,
+from t2v.models.video import (TRACK_STATS, ANGLES, HARMONICS, POSE_RANGE, RADIUS, SCALE_RANGE, TRACK_PER_FRAME, TRACK_PER_STEP,
                               LayeredGenerator, PairDiscriminator, VideoDiscriminators, concavity, crop_real,
                               fourier_basis, ink_moments,
                               MotionStats, same_motion_partner, spread_gap, track_features, track_gap,
@@ -471,7 +471,8 @@ def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_
     down = up * torch.tensor([-1.0, -1.0])
     wide = torch.stack([side * 2, 0.6 - 0.08 * t], -1).unsqueeze(0)
     a, b, w = track_stats(up), track_stats(down), track_stats(wide)
-    assert a.shape == (1, 13)  # per axis |step|, |change of step|, its largest, |net|, range; speed wander; orbit; distance
+    assert a.shape == (1, TRACK_STATS)  # per axis |step|, |change of step|, its largest, |net|, range; speed wander;
+    # orbit; distance and its range
     assert torch.allclose(a, b, atol=1e-6)
     assert abs(float(a[0, 6]) - 0.3) < 1e-6 and abs(float(a[0, 7]) - 1.2) < 1e-5  # net across (ends on the other side), along
     assert abs(float(a[0, 8]) - 0.3) < 1e-6 and abs(float(w[0, 8]) - 0.6) < 1e-6  # range side to side
@@ -488,11 +489,14 @@ def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_
     s_cw, s_ccw = track_stats(cw), track_stats(ccw)
     assert float(s_cw[0, 11]) > 0.1 and torch.allclose(s_cw[0, 11], -s_ccw[0, 11])  # orbit rate
     assert torch.allclose(s_cw[0, :11], s_ccw[0, :11], atol=1e-6) and torch.allclose(s_cw[0, 12], torch.tensor(0.5), atol=1e-4)
+    assert float(s_cw[0, 13]) < 1e-4 and float(s_ccw[0, 13]) < 1e-4  # a circle about the centre keeps its distance
+    drift = track_stats(cw + torch.tensor([0.2, 0.0]))  # the same circle off-centre: a drift past the centre
+    assert abs(float(drift[0, 13]) - 0.4) < 1e-3 and abs(float(drift[0, 12]) - 0.5) < 0.05  # ring 0.7 - 0.3
 
     real = torch.cat([a, a, a])  # (3, 10) the real mean of each clip's motion
     has = torch.tensor([True, True, False])
     fake = torch.stack([torch.cat([up] * 4), torch.cat([up] * 4), torch.cat([wide] * 4)])  # (3, n=4, T, 2)
-    stats = lambda tracks: track_stats(tracks.flatten(0, 1)).view(3, 4, 13)
+    stats = lambda tracks: track_stats(tracks.flatten(0, 1)).view(3, 4, TRACK_STATS)
     assert float(track_gap(stats(fake), real, has)) < 1e-6  # the third clip has no real mean: free
     fake = torch.stack([torch.cat([wide] * 4)] * 3).requires_grad_(True)
     gap = track_gap(stats(fake), real, has)
@@ -502,7 +506,7 @@ def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_
     assert float(track_gap(stats(stepped), real, has)) < float(gap)
     assert torch.all(fake.grad[2] == 0)
     off = float(track_gap(real.unsqueeze(1) + 0.05, real, has))  # every statistic one MATCH_SCALE away
-    assert abs(off - 13.0) < 1e-3
+    assert abs(off - TRACK_STATS) < 1e-3
 
 
 def test_spread_gap_pulls_each_prompts_start_variance_to_its_motions_real_one() -> None:

@@ -36,9 +36,10 @@ Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are
          at once, so the only one that can tell that they all start in the same place.
   Spread term (optional, spread_weight > 0): no critic; the per-axis variance of the start centres of
          8 noises per prompt is pulled to that of real clips of its motion (running sums, MotionStats).
-  Track match (optional, match_weight > 0): no critic; 13 direction-free statistics of the centre tracks of
+  Track match (optional, match_weight > 0): no critic; 14 direction-free statistics of the centre tracks of
          8 noises per prompt (speed, turning, travel, range, speed wander, orbit rate, distance from the
-         centre: track_stats), averaged, are pulled to the real clips' mean for its motion (MotionStats).
+         centre and its range: track_stats), averaged, are pulled to the real clips' mean for its motion
+         (MotionStats).
 """
 
 from __future__ import annotations
@@ -578,7 +579,7 @@ def spread_gap(fake: torch.Tensor, var_real: torch.Tensor, has: torch.Tensor) ->
     return (err * keep).sum() / keep.sum().clamp(min=1.0)
 
 
-TRACK_STATS = 13  # track_stats values per clip
+TRACK_STATS = 14  # track_stats values per clip
 MATCH_NOISES = 8  # noises per prompt whose centre tracks the track match compares with real clips'
 MATCH_SCALE = 0.05  # canvas units (1.6 px at 64): a gap of this size in one track statistic costs 1
 
@@ -589,17 +590,19 @@ def track_stats(c: torch.Tensor) -> torch.Tensor:
     change of step (a reflection is one spike of it, a zigzag turns every frame, a rounded turn spreads it
     thin), absolute net travel and range; how far the speed strays from its clip mean (a bounce keeps it
     steady); the mean orbit rate about the canvas centre (signed: clockwise and counter-clockwise are two
-    motions) and the mean distance from it. c (B, T, 2) canvas units -> (B, TRACK_STATS)"""
+    motions), the mean distance from it and that distance's range over the clip (an orbit keeps it, a circle
+    drawn off the centre or an ellipse does not). c (B, T, 2) canvas units -> (B, TRACK_STATS)"""
     c = c.float()
     d = c[:, 1:] - c[:, :-1]  # (B, T-1, 2)
     dd = d[:, 1:] - d[:, :-1]  # (B, T-2, 2)
     speed = torch.sqrt((d * d).sum(-1) + 1e-6)  # (B, T-1)
     a, b = c[:, :-1], c[:, 1:]
     orbit = (a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]).mean(1, keepdim=True) * 4.0  # ~ rho^2 dphi, > 0 clockwise
-    rho = torch.sqrt((c * c).sum(-1) + 1e-6).mean(1, keepdim=True)
+    r = torch.sqrt((c * c).sum(-1) + 1e-6)  # (B, T)
+    rho, ring = r.mean(1, keepdim=True), (r.amax(1) - r.amin(1)).unsqueeze(1)
     wander = (speed - speed.mean(1, keepdim=True)).abs().mean(1, keepdim=True)
     return torch.cat([d.abs().mean(1), dd.abs().mean(1), dd.abs().amax(1), (c[:, -1] - c[:, 0]).abs(),
-                      c.amax(1) - c.amin(1), wander, orbit, rho], 1)
+                      c.amax(1) - c.amin(1), wander, orbit, rho, ring], 1)
 
 
 def track_gap(fake: torch.Tensor, real_mean: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
