@@ -12,7 +12,8 @@ import torch.nn as nn
 from t2v import models, text, vocab
 from t2v.models import GeneratorSpec, build_generator, count_parameters
 from t2v.models.baseline import BaselineDiscriminator, BaselineGenerator
-from t2v.models.video import (TRACK_STATS, ANGLES, HARMONICS, POSE_RANGE, RADIUS, SCALE_RANGE, TRACK_PER_FRAME, TRACK_PER_STEP,
+from t2v.models.video import (ANGLES, HARMONICS, POSE_RANGE, RADIUS, SCALE_RANGE, TRACK_PER_FRAME, TRACK_PER_STEP,
+                              TRACK_STATS,
                               LayeredGenerator, PairDiscriminator, VideoDiscriminators, concavity, crop_real,
                               fourier_basis, ink_moments,
                               MotionStats, same_motion_partner, spread_gap, track_features, track_gap,
