@@ -428,6 +428,15 @@ def _traj_arrays(traj: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return tuple(np.asarray(get(k), np.float64) for k in ("x", "y", "radius", "angle"))  # type: ignore[return-value]
 
 
+def hits(judged: Sequence[Judgement], parsed: Sequence[vocab.Prompt]) -> dict[str, np.ndarray]:
+    """Per clip, whether the judge found its prompt's `color`, `shape`, `motion` and all three at once
+    (bool arrays). A prompt without a colour counts any palette colour as right."""
+    color = np.array([j.color is not None and (p.color is None or j.color == p.color) for j, p in zip(judged, parsed)], bool)
+    shape = np.array([j.shape == p.shape for j, p in zip(judged, parsed)], bool)
+    motion = np.array([j.motion == p.motion for j, p in zip(judged, parsed)], bool)
+    return {"color": color, "shape": shape, "motion": motion, "all3": color & shape & motion}
+
+
 def score(clips: Sequence[np.ndarray] | np.ndarray, prompts: Sequence[str],
           trajectories: Sequence[Any] | None = None, held_out: Sequence[bool] | None = None,
           config: JudgeConfig = JudgeConfig()) -> dict[str, float]:
@@ -455,10 +464,8 @@ def score(clips: Sequence[np.ndarray] | np.ndarray, prompts: Sequence[str],
     held = np.asarray(held_out, bool)
     judged = judge_many(clips, config)
 
-    color_ok = np.array([j.color is not None and (p.color is None or j.color == p.color) for j, p in zip(judged, parsed)])
-    shape_ok = np.array([j.shape == p.shape for j, p in zip(judged, parsed)])
-    motion_ok = np.array([j.motion == p.motion for j, p in zip(judged, parsed)])
-    all_ok = color_ok & shape_ok & motion_ok
+    ok = hits(judged, parsed)
+    color_ok, shape_ok, motion_ok, all_ok = ok["color"], ok["shape"], ok["motion"], ok["all3"]
     gaps = np.array([j.track.shape_gap(p.shape, config) for j, p in zip(judged, parsed)])
     res: dict[str, float] = {}
     for group, sel in (("seen", ~held), ("heldout", held), ("all", np.ones_like(held))):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from t2v import dataset, distributed, judge, models, text
+from t2v import dataset, distributed, judge, models, text, vocab
 from t2v.io import atomic_write_bytes
 from t2v.checkpoint import load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state
 from t2v.config import CKPT_NAME, TrainConfig, check_device, check_export, check_resumable, generator_spec
@@ -55,7 +55,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # last logged metrics (+ clips_per_s)
     resumed_from: int | None = None  # step of the checkpoint this run started from, None if fresh
     selected_step: int | None = None  # step whose EMA weights were exported (None: selection off, the last step)
-    selected_score: float | None = None  # its all-three accuracy on the train prompts (pixel judge)
+    selected_score: float | None = None  # its train-prompt score by select_by (pixel judge, all-three)
 
 
 RESULT_NAME = "train-result.json"  # under out_dir: what a torchrun rank 0 hands back to the process that launched it
@@ -171,15 +171,26 @@ def train_prompts(data_dir: Path) -> list[str]:
     return sorted(set(m.loc[m["split"] == "train", "prompt"]))
 
 
-def prompt_accuracy(generator: nn.Module, text_encoder: nn.Module, spec: GeneratorSpec, prompts: list[str],
-                    device: torch.device, seed: int = 0) -> float:
-    """Fraction of fresh samples (one per prompt, the sampler's noise for `seed`) that the pixel judge
-    finds right in colour, shape and motion at once: what the exported model would score."""
+def all3_scores(clips: np.ndarray, prompts: list[str]) -> dict[str, float]:
+    """The pixel judge's all-three accuracy of `clips` against `prompts`: `mean` over every clip, and
+    `worst_motion`, the lowest motion phrase's, what the per-motion quality target reads."""
+    parsed = [vocab.parse_prompt(p) for p in prompts]
+    ok = judge.hits(judge.judge_many(clips), parsed)["all3"]
+    motions = np.array([p.motion for p in parsed])
+    worst = min(float(ok[motions == motion].mean()) for motion in set(motions.tolist()))
+    return {"mean": float(ok.mean()), "worst_motion": worst}
+
+
+def selection_scores(generator: nn.Module, text_encoder: nn.Module, spec: GeneratorSpec, prompts: list[str],
+                     device: torch.device, seed: int = 0, samples: int = 1) -> dict[str, float]:
+    """`all3_scores` of fresh samples of `prompts` (`samples` noises each, the sampler's for `seed`): what
+    the exported model would score on them."""
     modes = (generator.training, text_encoder.training)
-    clips = Sampler(spec, generator, text_encoder, device).generate(prompts, seed)
+    batch = list(prompts) * samples
+    clips = Sampler(spec, generator, text_encoder, device).generate(batch, seed)
     generator.train(modes[0])
     text_encoder.train(modes[1])
-    return judge.score(clips, prompts)["all_all3"]
+    return all3_scores(clips, batch)
 
 
 def _snapshot(modules: tuple[nn.Module, nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
@@ -271,14 +282,16 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
     last_saved = step
     prompts = train_prompts(data_dir) if cfg.select_every else []
 
-    def select(step: int) -> float:
-        """Judge the shipped weights now; keep them if they beat the best so far (ties: the later step)."""
+    def select(step: int) -> dict[str, float]:
+        """Judge the shipped weights now; keep them if they beat the best so far by `select_by` (ties: the
+        mean, then the later step)."""
         nonlocal best
         with _rank0_work(world):
-            score = prompt_accuracy(*m.shipped(), m.spec, prompts, device, cfg.seed)
-        if not best or score >= best["score"]:
-            best = {"step": step, "score": score, "weights": _snapshot(m.shipped())}
-        return score
+            scores = selection_scores(*m.shipped(), m.spec, prompts, device, cfg.seed, cfg.select_samples)
+        key = (scores[cfg.select_by], scores["mean"])
+        if not best or key >= (best["score"], best.get("mean", best["score"])):
+            best = {"step": step, "score": key[0], "mean": key[1], "weights": _snapshot(m.shipped())}
+        return scores
 
     if step < cfg.max_steps:
         loader = make_loader(data_dir, cfg.batch_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
@@ -312,9 +325,10 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
                 t_log, n_log = time.perf_counter(), 0
             if cfg.select_every and (step % cfg.select_every == 0 or done) and world.main:
                 t_sel = time.perf_counter()
-                score = select(step)
+                scores = select(step)
                 if hooks.on_metrics:
-                    hooks.on_metrics(step, {"select_train_all3": score})
+                    hooks.on_metrics(step, {"select_train_all3": scores["mean"],
+                                            "select_train_worst_motion": scores["worst_motion"]})
                 t_log += time.perf_counter() - t_sel  # the judge's second is not training throughput
             if (step % cfg.sample_every == 0 or done) and hooks.on_sample:
                 with _rank0_work(world):

@@ -173,8 +173,9 @@ def train_model(data_dir: str, out_dir: str, config: dict[str, Any], manifest_ch
             if result.resumed_from is not None:
                 mlflow.set_tag("resumed_from_step", str(result.resumed_from))
             if result.selected_step is not None:  # which EMA weights were exported, and their train-prompt score
+                by = "all3" if cfg.select_by == "mean" else cfg.select_by
                 mlflow.set_tags({"selected_step": str(result.selected_step),
-                                 "selected_train_all3": f"{result.selected_score:.4f}"})
+                                 f"selected_train_{by}": f"{result.selected_score:.4f}"})
             description = versions.describe_training({
                 "model": cfg.model, "profile": cfg.profile, "step": result.step, "seed": cfg.seed,
                 "world_size": cfg.world_size, "global_batch": cfg.batch_size * cfg.world_size,

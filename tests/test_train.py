@@ -79,6 +79,10 @@ def test_profiles_and_overrides() -> None:
         config_for("cpu-demo", model="diffusion")
     with pytest.raises(ValueError, match="batch_size must be int"):
         config_for("cpu-demo", batch_size="many")
+    with pytest.raises(ValueError, match="unknown select_by 'best'; valid: mean, worst_motion"):
+        config_for("cpu-demo", select_by="best")
+    with pytest.raises(ValueError, match="select_samples must be positive, got 0"):
+        config_for("cpu-demo", select_samples=0)
 
 
 def test_code_version_covers_every_module_the_training_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,6 +325,40 @@ def test_selection_ships_the_best_judged_weights_and_survives_resume(data: Path,
     assert res2.resumed_from == 3
     assert res2.selected_step >= (res.selected_step or 0)
     assert res2.selected_score >= res.selected_score  # the best so far came back from the checkpoint
+
+
+def test_all3_scores_read_the_mean_and_the_lowest_motion() -> None:
+    """Real renders judged against their prompts, one clip swapped for another prompt's: the swapped motion
+    holds 1 of 2, so the worst motion reads 0.5 where the mean reads 0.75."""
+    from t2v.render import ClipSpec, render
+    from t2v.train import all3_scores
+    specs = [("red", "circle", "moving up"), ("blue", "square", "moving up"),
+             ("green", "triangle", "moving down"), ("yellow", "circle", "moving down")]
+    clips = np.stack([render(ClipSpec(f"sel-{i}", *spec, 5))[0] for i, spec in enumerate(specs)])
+    prompts = [vocab.canonical_prompt(*spec) for spec in specs]
+    assert all3_scores(clips, prompts) == {"mean": 1.0, "worst_motion": 1.0}
+    clips[3] = clips[0]  # a red circle moving up, asked for a yellow circle moving down
+    assert all3_scores(clips, prompts) == {"mean": 0.75, "worst_motion": 0.5}
+
+
+def test_worst_motion_selection_ships_the_best_step_and_its_score(data: Path, tmp_path: Path) -> None:
+    """select_by=worst_motion ranks steps by the lowest motion's all-three accuracy over `select_samples`
+    noises of each train prompt (ties: the mean, then the later step); the export scores it from disk."""
+    from t2v.train import all3_scores, train_prompts
+    scores: dict[int, tuple[float, float]] = {}
+    hooks = TrainHooks(on_metrics=lambda s, m: scores.__setitem__(s, (m["select_train_worst_motion"],
+                                                                      m["select_train_all3"]))
+                       if "select_train_all3" in m else None)
+    cfg = config_for("cpu-demo", model="video", max_steps=3, select_every=1, select_by="worst_motion",
+                     select_samples=3, **TINY)
+    res = train(cfg, data, tmp_path / "run", hooks)
+    assert sorted(scores) == [1, 2, 3]
+    best = max(scores.values())
+    assert res.selected_step == max(s for s, v in scores.items() if v == best)
+    prompts = train_prompts(data) * 3
+    exported = all3_scores(load_generator(res.export_dir).generate(prompts, seed=cfg.seed), prompts)
+    assert (exported["worst_motion"], exported["mean"]) == best
+    assert res.selected_score == best[0]
 
 
 def test_no_shards_is_a_clear_error(tmp_path: Path) -> None:
