@@ -37,7 +37,7 @@ Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are
   Spread term (optional, spread_weight > 0): no critic; the per-axis variance of the start centres of
          8 noises per prompt is pulled to that of real clips of its motion (running sums, MotionStats).
   Track match (optional, match_weight > 0): no critic; 14 direction-free statistics of the centre tracks of
-         8 noises per prompt (speed, turning, travel, range, speed wander, orbit rate, distance from the
+         4 noises per prompt (speed, turning, travel, range, speed wander, orbit rate, distance from the
          centre and its range: track_stats), averaged, are pulled to the real clips' mean for its motion
          (MotionStats).
 """
@@ -580,7 +580,8 @@ def spread_gap(fake: torch.Tensor, var_real: torch.Tensor, has: torch.Tensor) ->
 
 
 TRACK_STATS = 14  # track_stats values per clip
-MATCH_NOISES = 8  # noises per prompt whose centre tracks the track match compares with real clips'
+MATCH_NOISES = 4  # noises per prompt whose centre tracks the track match compares with real clips': with 4
+# instead of 8, seeds 0, 1 and 2 of the switched recipe met every target (8: seed 0 lost an orbit; README trial table)
 MATCH_SCALE = 0.05  # canvas units (1.6 px at 64): a gap of this size in one track statistic costs 1
 
 
