@@ -62,11 +62,10 @@ class TrainConfig:
     spread_weight: float = 0.0  # video: pull the per-axis variance of the start centre over 8 noises of each prompt to
     # the real clips' of its motion (moment matching, no critic); off: it widens the spread to 0.8x real and lowers the
     # FD, but costs motions (README, design note)
-    match_weight: float = 0.0  # video: pull the mean statistics of the centre track (per-axis speed, turning, net travel,
-    # range; speed wander, orbit rate, distance from the centre and its range) over 4 noises of each prompt to the real
-    # clips' of its motion (moment matching, no critic); off: with sprite_prior and wall_bounds at 0.02 every target
-    # held on seeds 0, 1 and 2, at 0.89x the default's steps per second; default once the README's tables are
-    # remeasured with the three on (README, design note)
+    match_weight: float = 0.0  # video (whose family default is 0.02): pull the mean statistics of the centre track
+    # (per-axis speed, turning, net travel, range; speed wander, orbit rate, distance from the centre and its range) over
+    # 4 noises of each prompt to the real clips' of its motion (moment matching, no critic): with sprite_prior and
+    # wall_bounds every quality target held on seeds 0, 1 and 2, at 0.89x the steps per second (README, design note)
     convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"
@@ -81,15 +80,15 @@ class TrainConfig:
     sample_symmetry: bool = False  # video (whose family default is true): the shipped sampler draws each clip as one
     # of its prompt's canvas symmetries (a mirror or quarter turn that maps the motion to itself, as the renderer's
     # clips are distributed): the real start spread and a lower FD, nothing retrained (README, design note)
-    sprite_prior: bool = False  # video: the sprite keeps the vocabulary's contract: its circumradius drawn per clip from
-    # the contract's 10-16% of the side off noise dim 4 (which the pose MLP does not see, so cannot undo the draw), the
-    # learned contour scaled to circumradius 1, one fill per colour word. Off: on three seeds it met the Fréchet target
-    # (30-44 against 54-82) but lost a motion on two (README, design note)
-    wall_bounds: bool = False  # video: the sprite's centre is its pre-bound path itself to 0.95 of the way to the
-    # renderer's walls (a circumradius and 1.5 px in from the edge with sprite_prior, else 0.85 of the half-side),
-    # then squashed into them, instead of 0.85 tanh, which bends every path long before the edge and rounds a
-    # bounce's reflection off. Off: with sprite_prior and the track match every seed bounced vertically, and
-    # seeds 1 and 2 met every target, seed 0 all but its held-out counter-clockwise orbits (README, design note)
+    sprite_prior: bool = False  # video (whose family default is true): the sprite keeps the vocabulary's contract: its
+    # circumradius drawn per clip from the contract's 10-16% of the side off noise dim 4 (which the pose MLP does not see,
+    # so cannot undo the draw), the learned contour scaled to circumradius 1, one fill per colour word. Alone it met the
+    # Fréchet target on three seeds (30-44 against 54-82) but lost a motion on two (README, design note)
+    wall_bounds: bool = False  # video (whose family default is true): the sprite's centre is its pre-bound path itself
+    # to 0.95 of the way to the renderer's walls (a circumradius and 1.5 px in from the edge with sprite_prior, else 0.85
+    # of the half-side), then squashed into them, instead of 0.85 tanh, which bends every path long before the edge and
+    # rounds a bounce's reflection off. Without it, with sprite_prior and the track match, every seed bounced vertically
+    # (README, design note)
     z_dim: int = 32  # per-clip latent shared by all frames: start position, speed, phase, size
     text_dim: int = 64  # width of each text code
     width: int = 16  # conv critics' base channels: wider costs CPU time linearly and learned no faster

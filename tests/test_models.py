@@ -239,10 +239,12 @@ def test_sprite_prior_draws_the_vocabularys_size_per_clip_and_one_fill_per_colou
     assert not build_generator(GeneratorSpec.from_dict(old))[0].sprite_prior
     from t2v.config import config_for, generator_spec
 
-    assert not generator_spec(config_for("cpu-demo"), T, S).sprite_prior  # off by default (README)
-    assert generator_spec(config_for("cpu-demo", sprite_prior="true"), T, S).sprite_prior
-    with pytest.raises(ValueError, match=r"sprite_prior .*z_dim must be at least 5, got 4"):
-        config_for("cpu-demo", z_dim=4, sprite_prior=True)
+    assert generator_spec(config_for("cpu-demo"), T, S).sprite_prior  # video's default (README)
+    assert not generator_spec(config_for("cpu-demo", sprite_prior="false"), T, S).sprite_prior
+    assert not config_for("cpu-demo", model="baseline").sprite_prior  # only video's default
+    with pytest.raises(ValueError, match=r"sprite_prior .*z_dim must be at least 5, got 4; or set sprite_prior=false"):
+        config_for("cpu-demo", z_dim=4)
+    assert config_for("cpu-demo", z_dim=4, sprite_prior=False).z_dim == 4
     with pytest.raises(ValueError, match=r"sprite_prior.*video"):
         config_for("cpu-demo", model="baseline", sprite_prior=True)
 
@@ -325,8 +327,9 @@ def test_wall_bounds_keep_the_path_itself_to_the_renderers_walls_and_stop_it_the
         GeneratorSpec.from_dict({**old, "reflect_walls": True})
     from t2v.config import config_for, generator_spec
 
-    assert not generator_spec(config_for("cpu-demo"), T, S).wall_bounds  # off by default (README)
-    assert generator_spec(config_for("cpu-demo", wall_bounds="true"), T, S).wall_bounds
+    assert generator_spec(config_for("cpu-demo"), T, S).wall_bounds  # video's default (README)
+    assert not generator_spec(config_for("cpu-demo", wall_bounds="false"), T, S).wall_bounds
+    assert not config_for("cpu-demo", model="rnn").wall_bounds  # only video's default
     with pytest.raises(ValueError, match=r"wall_bounds.*video"):
         config_for("cpu-demo", model="rnn", wall_bounds=True)
 

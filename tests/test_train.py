@@ -179,9 +179,8 @@ def test_pair_critic_trains_and_moves_only_when_switched_on(data: Path, tmp_path
 def test_moment_terms_enter_the_generator_loss_only_when_switched_on(data: Path, weight: str, term: str,
                                                                    stats: str) -> None:
     """spread_weight > 0 (match_weight > 0) adds the start-spread term (the track match) to G's loss, logs it and
-    counts the batch's real clips in the discriminator's state (so a checkpoint carries them); off (the default)
-    the term is 0, nothing is built and no extra noise is drawn, so the default recipe is the one measured
-    without it."""
+    counts the batch's real clips in the discriminator's state (so a checkpoint carries them); at 0 the term is 0,
+    nothing is built and no extra noise is drawn, so a recipe without it is the one measured without it."""
     from t2v.models import video
 
     spec = GeneratorSpec("video", 8, 32, TINY["z_dim"], TINY["text_dim"], anchor=0.3)
@@ -204,14 +203,17 @@ def test_moment_terms_enter_the_generator_loss_only_when_switched_on(data: Path,
         config_for("cpu-demo", **{weight: -1})
 
 
-def test_wall_bounds_train_and_ship_in_the_export(data: Path, tmp_path: Path) -> None:
-    """wall_bounds with the sprite prior: a run trains with them and its export rebuilds the generator with them,
-    so the sampler draws what training did."""
-    cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, sprite_prior=True, wall_bounds=True,
-                     **TINY)
+def test_video_defaults_train_and_ship_the_prior_the_match_and_wall_bounds(data: Path, tmp_path: Path) -> None:
+    """video's defaults: a run trains with the sprite prior, the track match and wall_bounds, and its export rebuilds
+    the generator with the prior and the bounds, so the sampler draws what training did."""
+    cfg = config_for("cpu-demo", model="video", max_steps=2, select_every=0, **TINY)
+    assert (cfg.sprite_prior, cfg.match_weight, cfg.wall_bounds) == (True, 0.02, True)
     result = train(cfg, data, tmp_path / "run")
-    assert json.loads((result.export_dir / "config.json").read_text())["wall_bounds"] is True
-    assert load_generator(result.export_dir).generator.wall_bounds
+    spec = json.loads((result.export_dir / "config.json").read_text())
+    assert (spec["sprite_prior"], spec["wall_bounds"]) == (True, True)
+    g = load_generator(result.export_dir).generator
+    assert g.sprite_prior and g.wall_bounds
+    assert "tracks.count" in torch.load(result.checkpoint, weights_only=True)["models"]["discriminator"]
 
 
 class Stop(Exception):

@@ -4,7 +4,7 @@ video generator -- a content/motion split, composited like a layered GAN:
   text ids --TextEncoder--> colour code, shape code, motion code          # (B, 3, D)
   fill    = MLP(colour code, z)           per clip                       # (B, 3)
   contour = exp(Fourier(MLP(shape code)))  per clip, radius at N angles  # (B, N)
-  sprite prior (sprite_prior, off by default): fill = MLP(colour code), one per colour word; the contour divided
+  sprite prior (sprite_prior, on by default): fill = MLP(colour code), one per colour word; the contour divided
             by its largest radius (circumradius 1); the pose's scale times a circumradius drawn per clip, uniform in
             the vocabulary's 10-16% of the side, off noise dim 4, which the pose MLP does not see
   pose_t  = MLP(motion code, z) -> per-frame (x, y, log-scale, angle)    # (B, T, 4)
@@ -12,7 +12,7 @@ video generator -- a content/motion split, composited like a layered GAN:
             + (x, y) anchor: softplus(Linear(motion code)) * erf(z[:2] / sqrt 2)   (anchor > 0: where it starts)
             read at frames t + softplus(Linear(motion code)) * 8 * erf(z[3] / sqrt 2) of a padded timeline
                                                                        (shift > 0: where in its cycle)
-  centre  = 0.85 * tanh(pose x, y); wall bounds (wall_bounds, off by default): wall * squash(pose x, y / wall),
+  centre  = 0.85 * tanh(pose x, y); wall bounds (wall_bounds, on by default): wall * squash(pose x, y / wall),
             the path itself to 0.95 of the way to the renderer's walls, then tanh into them
   frame_t = white * (1 - a_t) + fill * a_t,  a_t = anti-aliased inside of the posed contour
 The sprite is a learned star-shaped contour (log-radius as a Fourier series in the polar angle)
@@ -36,7 +36,7 @@ Spectral norm on every D layer; hinge loss; real clips with shuffled prompts are
          at once, so the only one that can tell that they all start in the same place.
   Spread term (optional, spread_weight > 0): no critic; the per-axis variance of the start centres of
          8 noises per prompt is pulled to that of real clips of its motion (running sums, MotionStats).
-  Track match (optional, match_weight > 0): no critic; 14 direction-free statistics of the centre tracks of
+  Track match (match_weight > 0; 0.02 by default): no critic; 14 direction-free statistics of the centre tracks of
          4 noises per prompt (speed, turning, travel, range, speed wander, orbit rate, distance from the
          centre and its range: track_stats), averaged, are pulled to the real clips' mean for its motion
          (MotionStats).
@@ -581,7 +581,7 @@ def spread_gap(fake: torch.Tensor, var_real: torch.Tensor, has: torch.Tensor) ->
 
 TRACK_STATS = 14  # track_stats values per clip
 MATCH_NOISES = 4  # noises per prompt whose centre tracks the track match compares with real clips': with 4
-# instead of 8, seeds 0, 1 and 2 of the switched recipe met every target (8: seed 0 lost an orbit; README trial table)
+# instead of 8, seeds 0, 1 and 2 of the default recipe met every target (8: seed 0 lost an orbit; README trial table)
 MATCH_SCALE = 0.05  # canvas units (1.6 px at 64): a gap of this size in one track statistic costs 1
 
 
