@@ -142,6 +142,20 @@ def read_frames(path: Path) -> np.ndarray:
     return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
 
 
+def test_gif_holds_every_frame_of_the_upscaled_clip_exactly(tmp_path: Path) -> None:
+    """The palette is taken at the clip's size and the indices upscaled: the pixels must still be the
+    upscaled clip's (antialiased edges included), and a repeated frame must not be merged away."""
+    clip, _ = render(ClipSpec("k", "purple", "triangle", "spinning clockwise", 3, 6, 32))
+    clip = np.concatenate([clip, clip[-1:]])  # a still last frame: Pillow would merge it
+    assert len(np.unique(clip.reshape(-1, 3), axis=0)) == 16  # fill, background and 14 antialiased edge shades
+    out = media.write_gif(tmp_path / "c.gif", clip, scale=3)
+    frames = read_frames(out).astype(int)
+    expect = media.upscale(clip, 3).astype(int)
+    assert frames.shape == expect.shape == (7, 96, 96, 3)
+    expect[-1, :3, :3, 2] ^= 1  # the repeated frame's marker: its top-left source pixel, one blue level
+    assert np.array_equal(frames, expect)
+
+
 def test_save_clip_rejects_unknown_extensions_and_bad_clips(tmp_path: Path) -> None:
     clip = np.zeros((4, 32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match=r"'\.webm'.*\.gif, \.mp4, \.png"):
