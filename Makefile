@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt tools/uv_args.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	@# uv installs the pinned set in about 11 s where pip took about 100 s (pip resolves, then unpacks one wheel at a
+	@# uv installs the pinned set in 11-26 s where pip took about 100 s (pip resolves, then unpacks one wheel at a
 	@# time). uv is itself pinned in constraints.txt and comes from pip's indexes; it reads no pip configuration, so
 	@# tools/uv_args.py hands it pip's (the local CPU torch wheel, say). Where uv cannot be had or fails, pip installs
 	@# the same set. -qq: errors only; pip's warnings were about the machine's own index configuration
