@@ -23,7 +23,7 @@ FLAGS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "fi
 def uv_args(config: str) -> list[str]:
     """`pip config list` output -> uv flags, each value once, in the order pip lists them."""
     seen: dict[str, list[str]] = {}
-    index_url: list[str] = []  # pip takes one: a PIP_INDEX_URL over the config files, else the last file's
+    env_index, file_index = [], []  # pip takes one index-url: PIP_INDEX_URL over the config files, else the last file's
     for line in config.splitlines():
         key, sep, raw = line.partition("=")
         name = key.rpartition(".")[2]
@@ -31,14 +31,16 @@ def uv_args(config: str) -> list[str]:
             continue
         values = str(ast.literal_eval(raw)).split()
         if name == "index-url":
-            if not (index_url and index_url[0] == "env"):
-                index_url = ["env" if key.startswith(":env:") else "file", *values[-1:]]
+            if key.startswith(":env:"):
+                env_index = values[-1:]
+            else:
+                file_index = values[-1:]
             continue
         for value in values:
             if value not in seen.setdefault(name, []):
                 seen[name].append(value)
-    if index_url[1:]:
-        seen = {"index-url": index_url[1:], **seen}
+    if env_index or file_index:
+        seen = {"index-url": env_index or file_index, **seen}
     args = [arg for name, values in seen.items() for value in values for arg in (FLAGS[name], value)]
     return ["--index-strategy", "unsafe-best-match", *args]
 
