@@ -14,12 +14,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt tools/uv_args.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	@# uv installs the pinned set in 11-26 s where pip took about 100 s (pip resolves, then unpacks one wheel at a
+	@# uv installs the pinned set in under 30 s where pip took about 100 s (pip resolves, then unpacks one wheel at a
 	@# time). uv is itself pinned in constraints.txt and comes from pip's indexes; it reads no pip configuration, so
 	@# tools/uv_args.py hands it pip's (the local CPU torch wheel, say). Where uv cannot be had or fails, pip installs
-	@# the same set. -qq: errors only; pip's warnings were about the machine's own index configuration
+	@# the same set, as it does where tools/uv_args.py fails (uv without pip's sources would fetch a CUDA torch).
+	@# -qq: errors only; pip's warnings were about the machine's own index configuration
 	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt uv && \
-	  $(BIN)/uv pip install -q --python $(BIN)/python $$($(BIN)/python tools/uv_args.py) -c constraints.txt -e '.[dev]' || \
+	  uv_args="$$($(BIN)/python tools/uv_args.py)" && \
+	  $(BIN)/uv pip install -q --python $(BIN)/python $$uv_args -c constraints.txt -e '.[dev]' || \
 	  { echo "uv could not install the environment: pip installs it instead"; \
 	    $(BIN)/pip install -qq --disable-pip-version-check --progress-bar off --no-compile -c constraints.txt -e '.[dev]'; }
 	touch $(STAMP)
