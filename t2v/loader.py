@@ -58,20 +58,43 @@ def dataset_info(data_dir: Path) -> DatasetInfo:
     return DatasetInfo(*dataset.geometry(data_dir))
 
 
-def _example(sample: dict[str, Any], color_dropout: float, rng: random.Random) -> dict[str, Any]:
+class PromptCodes:
+    """Token ids and class labels of each prompt, parsed once per prompt: the train split has a few hundred
+    distinct prompts and a run reads tens of thousands of clips, and parsing was a quarter of the loader's
+    time. One per pipeline, so a vocabulary grown between runs is always read afresh."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, tuple[torch.Tensor, text.Labels]] = {}
+        self._dropped: dict[str, str] = {}
+
+    def drop_color(self, prompt: str) -> str:
+        if prompt not in self._dropped:
+            self._dropped[prompt] = text.drop_color(prompt)
+        return self._dropped[prompt]
+
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, text.Labels]:
+        """(ids (L,) int64, labels); the ids tensor is shared, read-only: collate stacks copies of it."""
+        if prompt not in self._codes:
+            self._codes[prompt] = (text.encode([prompt])[0], text.labels(prompt))
+        return self._codes[prompt]
+
+
+def _example(sample: dict[str, Any], color_dropout: float, rng: random.Random,
+             prompts: PromptCodes | None = None) -> dict[str, Any]:
     """Decoded webdataset sample -> clip (3, T, H, W) uint8, prompt, token ids, class labels, and the
     per-frame shape centre (the frame critic looks at a window around it)."""
+    prompts = prompts or PromptCodes()
     meta = sample["meta.json"]
     T = int(meta["frames"])
     img = sample["clip.png"]  # (T*H, W, 3) uint8
     clip = torch.from_numpy(np.array(img.reshape(T, -1, img.shape[1], 3))).permute(3, 0, 1, 2)  # copy: decoder arrays are read-only
     prompt = meta["prompt"]
     if color_dropout and rng.random() < color_dropout:
-        prompt = text.drop_color(prompt)
-    lab = text.labels(prompt)
+        prompt = prompts.drop_color(prompt)
+    ids, lab = prompts(prompt)
     traj = meta["trajectory"]
     centre = torch.tensor([traj["x"], traj["y"]], dtype=torch.float32).T / meta["width"] * 2.0 - 1.0  # (T, 2)
-    return {"__key__": sample["__key__"], "clip": clip, "prompt": prompt, "ids": text.encode([prompt])[0],
+    return {"__key__": sample["__key__"], "clip": clip, "prompt": prompt, "ids": ids,
             "centre": centre,
             "color": lab.color, "shape": lab.shape, "motion": lab.motion,
             "true_color": list(vocab.COLORS).index(meta["color"])}
@@ -160,7 +183,8 @@ class TrainStream(IterableDataset):
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng) if self.shuffle_buffer else wds.map(lambda s: s),
             wds.map(dataset.contract_sample),
             wds.decode("rgb8"),
-            wds.map(partial(_example, color_dropout=self.color_dropout, rng=random.Random(seed + 1))),
+            wds.map(partial(_example, color_dropout=self.color_dropout, rng=random.Random(seed + 1),
+                             prompts=PromptCodes())),
             wds.batched(self.batch_size, collation_fn=collate, partial=False),
         )
 

@@ -97,13 +97,15 @@ def evaluate_model(model: dict[str, str], data_dir: str, manifest_checksum: str,
     client = versions.client_for(tracking_uri)
     generate = versions.load_registered(ref.uri, tracking_uri)
     clf = featnet.load(featnet_dir)
-    bank = diversity.train_bank(data_dir)
-    start = time.perf_counter()
-    with tqdm(total=len(ev.EVAL_PHASES) + 1, desc=f"evaluate v{ref.version}", unit="phase", file=sys.stderr,
+    with tqdm(total=len(ev.EVAL_PHASES) + 2, desc=f"evaluate v{ref.version}", unit="phase", file=sys.stderr,
               disable=not progress) as bar:
-        def on_phase(name: str) -> None:
+        bar.set_postfix_str("training bank")  # several seconds of reading train shards: on the bar too
+        bank = diversity.train_bank(data_dir)
+        start = time.perf_counter()
+
+        def on_phase(name: str) -> None:  # a phase starts: the one before it is done
             bar.set_postfix_str(name)
-            bar.update(0 if bar.n == 0 and name == ev.EVAL_PHASES[0] else 1)
+            bar.update(1)
 
         evaluation = ev.evaluate(generate, pset, clf, bank, cfg, on_phase)
         metrics = {**evaluation.metrics, "seconds": time.perf_counter() - start}

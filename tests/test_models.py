@@ -107,6 +107,19 @@ def test_layered_generator_shapes_and_crops() -> None:
     assert g(g.sample_noise(B), te(text.encode(PROMPTS))).shape == (B, 3, T, S, S)
 
 
+def test_half_res_is_avg_pool_bit_for_bit_on_real_pixel_values() -> None:
+    """The training step's pooling of real clips must not change a trained weight (README: bit-identical runs)."""
+    from t2v.loader import to_model
+    from t2v.models.video import half_res
+    u8 = torch.randint(0, 256, (4, 3, 5, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    u8[0] = 255  # white background, the common case
+    x = to_model(u8, torch.device("cpu"))
+    out = half_res(x)
+    assert out.shape == (4, 3, 5, 32, 32)
+    assert torch.equal(out, nn.functional.avg_pool3d(x, (1, 2, 2)))
+    assert not torch.equal(out, x.view(4, 3, 5, 32, 2, 32, 2).mean((4, 6)))  # a summation order that differs does show
+
+
 def test_start_anchor_places_each_noise_elsewhere_and_round_trips(tmp_path) -> None:
     """anchor > 0: two noise dims shift the whole path by up to +-anchor (pre-bound), so samples of one
     prompt start apart from the first step; anchor 0 builds no anchor layer (exports before the option load)."""

@@ -54,6 +54,23 @@ def test_colour_dropout_gives_colourless_prompts(data: Path) -> None:
     assert all((c == -1) == d for c, d in zip(batch["color"].tolist(), dropped))
 
 
+def test_each_row_carries_the_ids_and_labels_of_its_own_prompt_when_prompts_repeat(data: Path) -> None:
+    """The loader parses each distinct prompt once (t2v.loader.PromptCodes): every later row must still get its
+    own prompt's codes, with and without its colour word."""
+    from t2v import text
+    loader = iter(make_loader(data, 32, num_workers=0, shuffle_buffer=16, seed=3, color_dropout=0.5))
+    seen = []
+    for _ in range(4):
+        batch = next(loader)
+        for i, p in enumerate(batch["prompt"]):
+            lab = text.labels(p)
+            assert torch.equal(batch["ids"][i], text.encode([p])[0])
+            assert (batch["color"][i], batch["shape"][i], batch["motion"][i]) == (lab.color, lab.shape, lab.motion)
+        seen += batch["prompt"]
+    assert len(seen) > len(set(seen))  # prompts repeated: rows were served from the cache
+    assert any(vocab.parse_prompt(p).color is None for p in seen)  # and colourless ones among them
+
+
 def test_profiles_and_overrides() -> None:
     assert set(PROFILES) == {"cpu-demo", "gpu"}
     cfg = config_for("gpu", max_steps="7", betas="0.1,0.9", compile="true")
