@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,26 +64,15 @@ class PromptCodes:
     time. One per pipeline, so a vocabulary grown between runs is always read afresh."""
 
     def __init__(self) -> None:
-        self._codes: dict[str, tuple[torch.Tensor, text.Labels]] = {}
-        self._dropped: dict[str, str] = {}
-
-    def drop_color(self, prompt: str) -> str:
-        if prompt not in self._dropped:
-            self._dropped[prompt] = text.drop_color(prompt)
-        return self._dropped[prompt]
-
-    def __call__(self, prompt: str) -> tuple[torch.Tensor, text.Labels]:
-        """(ids (L,) int64, labels); the ids tensor is shared, read-only: collate stacks copies of it."""
-        if prompt not in self._codes:
-            self._codes[prompt] = (text.encode([prompt])[0], text.labels(prompt))
-        return self._codes[prompt]
+        self.drop_color: Callable[[str], str] = cache(text.drop_color)
+        self.codes: Callable[[str], tuple[torch.Tensor, text.Labels]] = cache(
+            lambda prompt: (text.encode([prompt])[0], text.labels(prompt)))  # the ids tensor is shared: collate stacks copies
 
 
 def _example(sample: dict[str, Any], color_dropout: float, rng: random.Random,
-             prompts: PromptCodes | None = None) -> dict[str, Any]:
+             prompts: PromptCodes) -> dict[str, Any]:
     """Decoded webdataset sample -> clip (3, T, H, W) uint8, prompt, token ids, class labels, and the
     per-frame shape centre (the frame critic looks at a window around it)."""
-    prompts = prompts or PromptCodes()
     meta = sample["meta.json"]
     T = int(meta["frames"])
     img = sample["clip.png"]  # (T*H, W, 3) uint8
@@ -91,7 +80,7 @@ def _example(sample: dict[str, Any], color_dropout: float, rng: random.Random,
     prompt = meta["prompt"]
     if color_dropout and rng.random() < color_dropout:
         prompt = prompts.drop_color(prompt)
-    ids, lab = prompts(prompt)
+    ids, lab = prompts.codes(prompt)
     traj = meta["trajectory"]
     centre = torch.tensor([traj["x"], traj["y"]], dtype=torch.float32).T / meta["width"] * 2.0 - 1.0  # (T, 2)
     return {"__key__": sample["__key__"], "clip": clip, "prompt": prompt, "ids": ids,
