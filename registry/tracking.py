@@ -146,6 +146,26 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The processor as vendor, family, model and name ("AuthenticAMD family 26 model 17: AMD EPYC"), read off
+    /proc/cpuinfo (or `cpuinfo`, its text); where there is none, what the platform says, or "unknown"."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block: every core of a machine is the same model here
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "vendor_id" in fields:
+        return (f"{fields['vendor_id']} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}: "
+                f"{fields.get('model name', '?')}")
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def reproducibility_tags(max_seconds: float) -> dict[str, str]:
     """What a run needs beside its config and dataset checksum to be reproduced: the interpreter and
     package versions, the CPU kind, and whether a wall-clock cap made its length depend on the machine."""
@@ -155,7 +175,10 @@ def reproducibility_tags(max_seconds: float) -> dict[str, str]:
             **{f"env.{d}": installed_version(d) or "absent" for d in PINNED},
             # the kernels torch picks for this CPU: float sums, and so the trained weights, differ between its AVX2
             # and AVX-512 kernels (README, Reproducibility)
-            "env.cpu": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"}
+            "env.cpu": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}",
+            # and which processor: two CPUs with the same kernels can still train different models (an AVX-512 Xeon
+            # and an AVX-512 AMD EPYC did: README, Reproducibility)
+            "env.cpu_model": cpu_model()}
     tags["reproducible"] = "true" if max_seconds <= 0 else "false"
     if max_seconds > 0:
         tags["reproducible.why_not"] = (f"max_seconds={max_seconds:g}: the step count reached depends on the "

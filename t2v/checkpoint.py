@@ -71,9 +71,18 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def restore(m: Models, ckpt: dict[str, Any]) -> None:
+def restore(m: Models, ckpt: dict[str, Any], path: Path | str = "the checkpoint") -> None:
+    """Load a checkpoint into freshly built models. One written by other model code (a module with other
+    shapes, such as the critics' running track statistics) is refused with what to do, before any step."""
     for k, mod in m.modules().items():
-        mod.load_state_dict(ckpt["models"][k])
+        try:
+            mod.load_state_dict(ckpt["models"][k])
+        except RuntimeError as e:
+            first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line
+                          or "Unexpected" in line), str(e).splitlines()[0])
+            raise ValueError(f"{path}: its {k} does not fit this code's model ({first}); it was written by other "
+                             f"model code: train into a new out_dir (the default run dir already changes with the "
+                             f"code)") from None
     m.opt_g.load_state_dict(ckpt["optim"]["g"])
     m.opt_d.load_state_dict(ckpt["optim"]["d"])
     set_rng_state(ckpt["rng"])

@@ -65,7 +65,8 @@ class TrainConfig:
     match_weight: float = 0.0  # video (whose family default is 0.02): pull the mean statistics of the centre track
     # (per-axis speed, turning, net travel, range; speed wander, orbit rate, distance from the centre and its range) over
     # 4 noises of each prompt to the real clips' of its motion (moment matching, no critic): with sprite_prior and
-    # wall_bounds every quality target held on seeds 0, 1 and 2, at 0.89x the steps per second (README, design note)
+    # wall_bounds every quality target held on seeds 0, 1 and 2 on two CPU kinds, at 0.89x the steps per second; its
+    # signed travel keeps straight moves going the right way on a third (README, design note)
     convex_weight: float = 3.0  # concavity prior on G's sprite: penalises dents, so contours do not settle as lumpy stars
     color_dropout: float = 0.15  # fraction of training prompts without their colour word ("any colour")
     text_encoder: str = "default"  # the generator's text encoder: the family's own, or "transformer", "bag", "slots"

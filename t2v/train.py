@@ -268,7 +268,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, hooks: TrainHooks, i
     step, resumed_from = 0, None
     best: dict[str, Any] = {}  # {"step", "score", "weights"}: the selected EMA weights so far
     if ckpt is not None:
-        restore(m, ckpt)
+        restore(m, ckpt, ckpt_path)
         step = resumed_from = int(ckpt["step"])
         best = ckpt.get("best") or {}
         del ckpt

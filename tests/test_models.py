@@ -479,9 +479,10 @@ def test_start_stats_give_each_motions_real_mean_and_variance_over_batches() -> 
 
 
 def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_the_real_mean() -> None:
-    """A zigzag up and its mirror image down give the same statistics, a wider zigzag other ones; clockwise
-    and counter-clockwise orbits differ in the orbit rate only by its sign. The gap is 0 at the real mean,
-    ignores clips without one, and its gradient moves the generated tracks towards it."""
+    """A zigzag up and its mirror image down give the same statistics but the signed net travel, which
+    flips, a wider zigzag other ones; clockwise and counter-clockwise orbits differ in the orbit rate's
+    sign (and their signed travel). The gap is 0 at the real mean, ignores clips without one, and its
+    gradient moves the generated tracks towards it; a path the wrong way costs far more than a slower one."""
     t = torch.arange(16, dtype=torch.float32)
     side = torch.where(t % 2 == 0, 0.15, -0.15)
     up = torch.stack([side, 0.6 - 0.08 * t], -1).unsqueeze(0)  # (1, T, 2) zigzag up, 0.3 side to side
@@ -489,8 +490,9 @@ def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_
     wide = torch.stack([side * 2, 0.6 - 0.08 * t], -1).unsqueeze(0)
     a, b, w = track_stats(up), track_stats(down), track_stats(wide)
     assert a.shape == (1, TRACK_STATS)  # per axis |step|, |change of step|, its largest, |net|, range; speed wander;
-    # orbit; distance and its range
-    assert torch.allclose(a, b, atol=1e-6)
+    # orbit; distance and its range; signed net travel
+    assert torch.allclose(a[:, :14], b[:, :14], atol=1e-6)
+    assert torch.allclose(a[0, 14:], torch.tensor([-0.3, -1.2]), atol=1e-5) and torch.allclose(a[0, 14:], -b[0, 14:])
     assert abs(float(a[0, 6]) - 0.3) < 1e-6 and abs(float(a[0, 7]) - 1.2) < 1e-5  # net across (ends on the other side), along
     assert abs(float(a[0, 8]) - 0.3) < 1e-6 and abs(float(w[0, 8]) - 0.6) < 1e-6  # range side to side
     assert abs(float(a[0, 2]) - 0.6) < 1e-6 and abs(float(a[0, 3])) < 1e-6  # the side switches every frame
@@ -510,7 +512,7 @@ def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_
     drift = track_stats(cw + torch.tensor([0.2, 0.0]))  # the same circle off-centre: a drift past the centre
     assert abs(float(drift[0, 13]) - 0.4) < 1e-3 and abs(float(drift[0, 12]) - 0.5) < 0.05  # ring 0.7 - 0.3
 
-    real = torch.cat([a, a, a])  # (3, 10) the real mean of each clip's motion
+    real = torch.cat([a, a, a])  # (3, TRACK_STATS) the real mean of each clip's motion
     has = torch.tensor([True, True, False])
     fake = torch.stack([torch.cat([up] * 4), torch.cat([up] * 4), torch.cat([wide] * 4)])  # (3, n=4, T, 2)
     stats = lambda tracks: track_stats(tracks.flatten(0, 1)).view(3, 4, TRACK_STATS)
@@ -524,6 +526,10 @@ def test_track_stats_read_a_motion_whichever_way_it_goes_and_track_gap_pulls_to_
     assert torch.all(fake.grad[2] == 0)
     off = float(track_gap(real.unsqueeze(1) + 0.05, real, has))  # every statistic one MATCH_SCALE away
     assert abs(off - TRACK_STATS) < 1e-3
+    slow = torch.stack([side, 0.6 - 0.04 * t], -1).unsqueeze(0)  # the zigzag up at half the speed
+    one = torch.tensor([True])
+    wrong_way, half_speed = (float(track_gap(track_stats(x).unsqueeze(1), a, one)) for x in (down, slow))
+    assert wrong_way > 4 * half_speed > 0  # the signed travel: going down for "up" is the bigger error
 
 
 def test_spread_gap_pulls_each_prompts_start_variance_to_its_motions_real_one() -> None:

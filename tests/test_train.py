@@ -280,6 +280,18 @@ def test_interrupted_run_resumes_at_its_checkpoint(data: Path, tmp_path: Path) -
         train(config_for("cpu-demo", model="video", max_steps=6, lr_g=1e-4, **TINY), data, out)
     assert torch.load(res.checkpoint, weights_only=True)["step"] == 4
 
+    # a checkpoint of other model code (the critics' track statistics 14 wide, as before the signed travel) is
+    # refused with what to do, not torch's shape error, and left as it was
+    old = torch.load(path, weights_only=True)
+    for k in ("tracks.total", "tracks.squares"):
+        old["models"]["discriminator"][k] = old["models"]["discriminator"][k][:, :14].clone()
+    torch.save(old, path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"last.pt: its discriminator does not fit.*size mismatch for tracks.total.*"
+                                         r"other model code: train into a new out_dir"):
+        train(config_for("cpu-demo", model="video", max_steps=6, **TINY), data, out)
+    assert path.read_bytes() == before
+
 
 def test_lr_decay_falls_linearly_to_zero_and_a_resume_scales_from_the_configured_rate(data: Path, tmp_path: Path) -> None:
     """lr_decay: both rates fall linearly over the last fraction of max_steps; the optimizer keeps torch's

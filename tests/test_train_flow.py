@@ -319,9 +319,17 @@ def test_run_records_what_reproduces_it_and_flags_a_time_cap(trained: dict[str, 
     assert tags["env.torch"] == torch.__version__.split("+")[0]
     assert tags["env.python"].count(".") == 2
     assert tags["env.cpu"].endswith(torch.backends.cpu.get_cpu_capability())
+    assert tags["env.cpu_model"] == tracking.cpu_model() and tags["env.cpu_model"] != "unknown"
     assert tags["dataset.manifest_checksum"] == dataset.manifest_checksum(data_dir)
     _, capped = run_flow(data_dir, model="video", max_steps=2, out=str(tmp_path / "capped"),
                          overrides={**TINY_TRAIN, "max_seconds": 3600})
     tags = MlflowClient(mlflow_store).get_run(capped["run_id"]).data.tags
     assert tags["reproducible"] == "false"
     assert "max_seconds=3600" in tags["reproducible.why_not"]
+
+
+def test_cpu_model_names_the_first_processor_and_falls_back_without_cpuinfo() -> None:
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n")
+    assert tracking.cpu_model(info) == "AuthenticAMD family 26 model 2: AMD EPYC"
+    assert tracking.cpu_model("") not in ("", "AuthenticAMD family 26 model 2: AMD EPYC")

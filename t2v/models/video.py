@@ -588,20 +588,23 @@ def spread_gap(fake: torch.Tensor, var_real: torch.Tensor, has: torch.Tensor) ->
     return (err * keep).sum() / keep.sum().clamp(min=1.0)
 
 
-TRACK_STATS = 14  # track_stats values per clip
+TRACK_STATS = 16  # track_stats values per clip
 MATCH_NOISES = 4  # noises per prompt whose centre tracks the track match compares with real clips': with 4
 # instead of 8, seeds 0, 1 and 2 of the default recipe met every target (8: seed 0 lost an orbit; README trial table)
 MATCH_SCALE = 0.05  # canvas units (1.6 px at 64): a gap of this size in one track statistic costs 1
 
 
 def track_stats(c: torch.Tensor) -> torch.Tensor:
-    """What a motion does to the sprite's centre, in statistics that do not depend on which way a clip of it
-    goes (a zigzag runs up or down): per axis the mean absolute step (speed), the mean and the largest absolute
-    change of step (a reflection is one spike of it, a zigzag turns every frame, a rounded turn spreads it
-    thin), absolute net travel and range; how far the speed strays from its clip mean (a bounce keeps it
-    steady); the mean orbit rate about the canvas centre (signed: clockwise and counter-clockwise are two
-    motions), the mean distance from it and that distance's range over the clip (an orbit keeps it, a circle
-    drawn off the centre or an ellipse does not). c (B, T, 2) canvas units -> (B, TRACK_STATS)"""
+    """What a motion does to the sprite's centre: per axis the mean absolute step (speed), the mean and the
+    largest absolute change of step (a reflection is one spike of it, a zigzag turns every frame, a rounded
+    turn spreads it thin), absolute net travel and range; how far the speed strays from its clip mean (a
+    bounce keeps it steady); the mean orbit rate about the canvas centre (signed: clockwise and
+    counter-clockwise are two motions), the mean distance from it and that distance's range over the clip
+    (an orbit keeps it, a circle drawn off the centre or an ellipse does not); and the signed net travel per
+    axis. The match compares means over noises, so a motion whose clips go either way (a zigzag runs up or
+    down) has a signed mean near 0 and keeps both ways, while "moving down" is pulled down: without the
+    signed terms a straight move could settle going the wrong way, which no small step of the
+    adversarial losses undoes (README, design note). c (B, T, 2) canvas units -> (B, TRACK_STATS)"""
     c = c.float()
     d = c[:, 1:] - c[:, :-1]  # (B, T-1, 2)
     dd = d[:, 1:] - d[:, :-1]  # (B, T-2, 2)
@@ -612,7 +615,7 @@ def track_stats(c: torch.Tensor) -> torch.Tensor:
     rho, ring = r.mean(1, keepdim=True), (r.amax(1) - r.amin(1)).unsqueeze(1)
     wander = (speed - speed.mean(1, keepdim=True)).abs().mean(1, keepdim=True)
     return torch.cat([d.abs().mean(1), dd.abs().mean(1), dd.abs().amax(1), (c[:, -1] - c[:, 0]).abs(),
-                      c.amax(1) - c.amin(1), wander, orbit, rho, ring], 1)
+                      c.amax(1) - c.amin(1), wander, orbit, rho, ring, c[:, -1] - c[:, 0]], 1)
 
 
 def track_gap(fake: torch.Tensor, real_mean: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
