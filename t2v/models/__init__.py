@@ -160,8 +160,8 @@ def count_parameters(module: Any) -> int:
 # draws each clip as one of the prompt's canvas symmetries: the real start spread, FD 31-76 instead of 50-101 (README).
 # Its sprite prior, track match (0.02) and wall bounds: together, every quality target on seeds 0, 1 and 2 (held-out
 # all-three 97-99%, every motion at least 83%, FD 27-33 against the recipe's 54-82), at 0.89x its steps per second,
-# on the Xeon and the AVX2 EPYC; on an AVX-512 EPYC none of the three seeds met them until the match read the signed
-# travel too (held-out 96-100%, every straight move and bounce 100%; two seeds one motion short of 80%: README)
+# on the Xeon and the AVX2 EPYC. On an AVX-512 EPYC it met every target on one seed of six; so does the signed
+# travel its match reads since, which stops straight moves going the wrong way but leaves the orbits weak (README)
 register_family("video", "t2v.models.video", text_encoders=("slots", "transformer"), switches=("sprite_prior", "wall_bounds"),
                 config_defaults={"anchor": 0.3, "lr_decay": 0.5, "shift": 0.3, "sample_symmetry": True,
                                  "sprite_prior": True, "match_weight": 0.02, "wall_bounds": True})
