@@ -147,7 +147,7 @@ def installed_version(dist: str) -> str | None:
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
-    """The processor as vendor, family, model and name ("AuthenticAMD family 26 model 17: AMD EPYC"), read off
+    """The processor as vendor, family, model and name ("AuthenticAMD family 26 model 2: AMD EPYC"), read off
     /proc/cpuinfo (or `cpuinfo`, its text); where there is none, what the platform says, or "unknown"."""
     if cpuinfo is None:
         try:

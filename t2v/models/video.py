@@ -614,6 +614,8 @@ def track_stats(c: torch.Tensor) -> torch.Tensor:
     r = torch.sqrt((c * c).sum(-1) + 1e-6)  # (B, T)
     rho, ring = r.mean(1, keepdim=True), (r.amax(1) - r.amin(1)).unsqueeze(1)
     wander = (speed - speed.mean(1, keepdim=True)).abs().mean(1, keepdim=True)
+    # the net travel is taken twice on purpose: one shared tensor sums its two gradients in another order, and a
+    # 60-step training then exports other weights (sha256 3881fd2d... against 20dd9656...), not the quality block's
     return torch.cat([d.abs().mean(1), dd.abs().mean(1), dd.abs().amax(1), (c[:, -1] - c[:, 0]).abs(),
                       c.amax(1) - c.amin(1), wander, orbit, rho, ring, c[:, -1] - c[:, 0]], 1)
 
